@@ -6,12 +6,13 @@ the API adds values (``connecting``, ``NA``, ...) that a provider release cannot
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from famulor_provider.exceptions import FamulorResponseError
+from famulor_provider.exceptions import FamulorResponseError, FamulorValidationError
 
 
 class SenderStatus:
@@ -100,28 +101,108 @@ def _normalize_rating(rating: str | None) -> str | None:
     return rating.upper() if isinstance(rating, str) else None
 
 
-def select_senders(
-    senders: Iterable[WhatsAppSender],
-    *,
-    online_only: bool = False,
-    quality_ratings: Iterable[str | None] | None = None,
-    min_messaging_limit: int | None = None,
-    sender_ids: Iterable[int] | None = None,
-    phone_numbers: Iterable[str] | None = None,
-) -> list[WhatsAppSender]:
-    """Keep the senders that meet every given criterion (``None`` = no constraint); order is kept."""
-    ratings = None if quality_ratings is None else {_normalize_rating(r) for r in quality_ratings}
-    ids = None if sender_ids is None else set(sender_ids)
-    phones = None if phone_numbers is None else {normalize_phone(p) for p in phone_numbers}
-    return [
-        s
-        for s in senders
-        if (not online_only or s.is_online)
-        and (ratings is None or _normalize_rating(s.quality_rating) in ratings)
-        and s.has_capacity(min_messaging_limit)
-        and (ids is None or s.id in ids)
-        and (phones is None or normalize_phone(s.phone_number) in phones)
-    ]
+def _as_list(value: Any, name: str) -> list[Any] | None:
+    """A list from an argument that may be a list, one value, or a rendered template string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "(")):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise FamulorValidationError(name, f"cannot read a list from {value!r}") from None
+        else:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def _as_optional_int(value: Any, name: str, *, minimum: int) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(value, bool):
+        raise FamulorValidationError(name, f"expected a whole number, got {value!r}")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise FamulorValidationError(name, f"expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise FamulorValidationError(name, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def _as_id(value: Any, name: str) -> int:
+    number = _as_optional_int(value, name, minimum=1)
+    if number is None:
+        raise FamulorValidationError(name, "an id must be a positive whole number, got None")
+    return number
+
+
+@dataclass(frozen=True)
+class SenderCriteria:
+    """What a sender must be to be selected; JSON-native so a trigger can carry it.
+
+    ``None`` means no constraint. ``quality_ratings`` may contain ``None`` (not rated yet).
+    """
+
+    online_only: bool = False
+    quality_ratings: tuple[str | None, ...] | None = None
+    excluded_quality_ratings: tuple[str, ...] = ()
+    min_messaging_limit: int | None = None
+    sender_ids: tuple[int, ...] | None = None
+    phone_numbers: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        online_only: bool = False,
+        quality_ratings: Any = None,
+        excluded_quality_ratings: Any = (),
+        min_messaging_limit: Any = None,
+        sender_ids: Any = None,
+        phone_numbers: Any = None,
+    ) -> SenderCriteria:
+        """Check and normalise (possibly templated) arguments; raise ``FamulorValidationError``."""
+        ratings = _as_list(quality_ratings, "quality_ratings")
+        ids = _as_list(sender_ids, "sender_ids")
+        phones = _as_list(phone_numbers, "phone_numbers")
+        return cls(
+            online_only=bool(online_only),
+            quality_ratings=None if ratings is None else tuple(_normalize_rating(r) for r in ratings),
+            excluded_quality_ratings=tuple(
+                str(r).upper() for r in _as_list(excluded_quality_ratings, "excluded_quality_ratings") or ()
+            ),
+            min_messaging_limit=_as_optional_int(min_messaging_limit, "min_messaging_limit", minimum=0),
+            sender_ids=None if ids is None else tuple(_as_id(i, "sender_ids") for i in ids),
+            phone_numbers=None if phones is None else tuple(normalize_phone(str(p)) for p in phones),
+        )
+
+    def matches(self, sender: WhatsAppSender) -> bool:
+        rating = _normalize_rating(sender.quality_rating)
+        return (
+            (not self.online_only or sender.is_online)
+            and (self.quality_ratings is None or rating in self.quality_ratings)
+            and rating not in self.excluded_quality_ratings
+            and sender.has_capacity(self.min_messaging_limit)
+            and (self.sender_ids is None or sender.id in self.sender_ids)
+            and (self.phone_numbers is None or normalize_phone(sender.phone_number) in self.phone_numbers)
+        )
+
+    def select(self, senders: Iterable[WhatsAppSender]) -> list[WhatsAppSender]:
+        """The senders that match, in their order."""
+        return [s for s in senders if self.matches(s)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native form (lists, not tuples); ``SenderCriteria(**d)`` round-trips via ``from_dict``."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SenderCriteria:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 def capacity_key(sender: WhatsAppSender) -> tuple[int, int, float]:
