@@ -234,14 +234,14 @@ def error_for_status(
     message = f"{endpoint} failed with HTTP {status}"
     if code:
         message += f" [{code}]"
-    message += f": {detail.rstrip('.')}" if detail else " (no JSON error body)"
+    message += f": {detail}" if detail else " (no JSON error body)"
     if status in (401, 403):
         hint = (
             "the API key is invalid or expired"
             if status == 401
             else "the API key lacks permission for this endpoint"
         )
-        message += (
+        message = message.rstrip(".") + (
             f". Check the API key of connection {config.conn_id!r}: {hint} "
             "(Famulor Classic keys only; Platform 2.0 'fam_' keys do not work here)"
         )
@@ -400,7 +400,6 @@ class FamulorHook(BaseHook):
         """One keep-alive session per hook, carrying the auth and identity headers."""
         session = requests.Session()
         session.headers.update(self.config.headers)
-        session.verify = self.config.verify_ssl
         return session
 
     # -- requests --------------------------------------------------------------------------------
@@ -427,6 +426,8 @@ class FamulorHook(BaseHook):
                     params=params,
                     json=json_body,
                     timeout=config.timeout,
+                    # Per request: a session-level False loses to REQUESTS_CA_BUNDLE in requests.
+                    verify=config.verify_ssl,
                     allow_redirects=False,
                 )
             except requests.RequestException as err:
