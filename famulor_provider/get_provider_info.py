@@ -35,7 +35,6 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "placeholders": {
         "host": DEFAULT_BASE_URL,
         "password": "Famulor API key",
-        "description": "Famulor account used by WhatsApp tasks",
     },
 }
 

@@ -11,9 +11,12 @@ import email.utils
 import ipaddress
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -27,9 +30,15 @@ from famulor_provider.exceptions import (
     FamulorAPIError,
     FamulorAuthError,
     FamulorConnectionError,
+    FamulorDeliveryUnknownError,
     FamulorError,
+    FamulorInsufficientBalanceError,
+    FamulorInvalidPhoneError,
     FamulorRateLimitError,
     FamulorResponseError,
+    FamulorSenderOfflineError,
+    FamulorSessionExpiredError,
+    FamulorTemplateError,
     FamulorTimeoutError,
     FamulorValidationError,
 )
@@ -40,7 +49,14 @@ from famulor_provider.get_provider_info import (
     DEFAULT_TIMEOUT,
     UI_FIELD_BEHAVIOUR,
 )
-from famulor_provider.models import WhatsAppSender
+from famulor_provider.models import (
+    WhatsAppMessage,
+    WhatsAppSender,
+    WhatsAppSessionStatus,
+    WhatsAppTemplate,
+    _as_id,
+    normalize_phone,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -225,6 +241,20 @@ def _load_json(body: bytes) -> Any:
         return None
 
 
+# The API's error codes that have their own error class. The code decides, not the status:
+# SENDER_OFFLINE is a 422 on /send and a 503 on /send-freeform.
+ERROR_CODE_ERRORS: dict[str, type[FamulorAPIError]] = {
+    "SENDER_OFFLINE": FamulorSenderOfflineError,
+    "INSUFFICIENT_BALANCE": FamulorInsufficientBalanceError,
+    "SESSION_EXPIRED": FamulorSessionExpiredError,
+    "TEMPLATE_NOT_FOUND": FamulorTemplateError,
+    "TEMPLATE_NOT_APPROVED": FamulorTemplateError,
+    "TEMPLATE_NOT_SYNCED": FamulorTemplateError,
+    "TEMPLATE_MISMATCH": FamulorTemplateError,
+    "INVALID_PHONE": FamulorInvalidPhoneError,
+}
+
+
 def error_for_status(
     endpoint: str, status: int, headers: Mapping[str, str], body: bytes, config: FamulorConnectionConfig
 ) -> FamulorError:
@@ -235,6 +265,11 @@ def error_for_status(
     if code:
         message += f" [{code}]"
     message += f": {detail}" if detail else " (no JSON error body)"
+    error_class = ERROR_CODE_ERRORS.get(code or "")
+    if error_class is None and status == 402:
+        error_class = FamulorInsufficientBalanceError
+    if error_class is not None:
+        return error_class(config.scrub(message), status_code=status, error_code=code)
     if status in (401, 403):
         hint = (
             "the API key is invalid or expired"
@@ -413,12 +448,18 @@ class FamulorHook(BaseHook):
         json_body: Mapping[str, Any] | None = None,
         retryable: Callable[[BaseException], bool] = is_retryable_read,
         max_retries: int | None = None,
+        before_attempt: Callable[[], None] | None = None,
     ) -> Any:
-        """Send one API request with the retry policy; return the JSON answer."""
+        """Send one API request with the retry policy; return the JSON answer.
+
+        :param before_attempt: called before every attempt (sends use it to pace themselves).
+        """
         config = self.config
         endpoint = f"{method} {path}"
 
         def attempt() -> Any:
+            if before_attempt is not None:
+                before_attempt()
             try:
                 response = self.session.request(
                     method,
@@ -526,7 +567,7 @@ class FamulorHook(BaseHook):
             "timeout": StringField(
                 lazy_gettext(timeout["label"]),
                 description=timeout["description"],
-                default=str(timeout["schema"]["default"]),
+                default=f"{timeout['schema']['default']:g}",
                 widget=BS3TextFieldWidget(),
             ),
             "max_retries": IntegerField(
