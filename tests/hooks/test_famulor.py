@@ -168,6 +168,12 @@ def test_bad_extras_are_named(monkeypatch: pytest.MonkeyPatch, extra: dict[str, 
     assert err.value.field == field
 
 
+@pytest.mark.parametrize(("value", "expected"), [("y", True), ("n", False), ("TRUE", True), (0, False)])
+def test_verify_ssl_spellings(monkeypatch: pytest.MonkeyPatch, value: Any, expected: bool) -> None:
+    set_conn(monkeypatch, extra={"verify_ssl": value})  # "y": what Airflow 2.11's Test button sends
+    assert FamulorHook().config.verify_ssl is expected
+
+
 def test_form_prefixed_extras_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, extra={"extra__famulor__timeout": "9", "extra__famulor__verify_ssl": False})
     config = FamulorHook().config
