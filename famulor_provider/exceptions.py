@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.providers.common.compat.sdk import AirflowException
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 class FamulorError(AirflowException):
@@ -18,6 +23,10 @@ class FamulorValidationError(FamulorError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"Invalid {field}: {message}")
         self.field = field
+
+
+class FamulorSenderNotFoundError(FamulorValidationError):
+    """A wanted ``sender_id`` or ``phone_number`` is not a sender of the account at all (a typo)."""
 
 
 class FamulorConnectionError(FamulorError):
@@ -74,3 +83,59 @@ class FamulorRateLimitError(FamulorAPIError):
 
 class FamulorResponseError(FamulorError):
     """A 2xx answer that is not the documented shape (HTML, invalid JSON, no ``data`` list, ...)."""
+
+
+# -- sends (WhatsApp messages) -------------------------------------------------------------------
+
+
+class FamulorDeliveryUnknownError(FamulorError):
+    """A send whose outcome is unknown: the message may have been sent (and billed).
+
+    Raised for a read timeout, a connection that broke after the request went out, a 5xx
+    without a documented error code, or a success answer that cannot be read. Never retried.
+
+    :param sender_id: the sender the message was sent from.
+    :param recipient_phone: the recipient's phone number (E.164).
+    :param attempted_at: when the last attempt was made (UTC).
+    :param status_code: the HTTP status, when the API answered.
+    :param error_code: the API's ``error_code``, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sender_id: int,
+        recipient_phone: str,
+        attempted_at: datetime,
+        status_code: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sender_id = sender_id
+        self.recipient_phone = recipient_phone
+        self.attempted_at = attempted_at
+        # AirflowException types this attribute as HTTPStatus; the API may send any integer.
+        self.status_code = status_code  # type: ignore[assignment]
+        self.error_code = error_code
+
+
+class FamulorSenderOfflineError(FamulorAPIError):
+    """``SENDER_OFFLINE``: the sender cannot send right now; nothing was sent."""
+
+
+class FamulorInsufficientBalanceError(FamulorAPIError):
+    """``INSUFFICIENT_BALANCE`` (402): the account cannot pay for the message; nothing was sent."""
+
+
+class FamulorSessionExpiredError(FamulorAPIError):
+    """``SESSION_EXPIRED`` (403): no open 24-hour window for a free-form message; nothing was sent."""
+
+
+class FamulorTemplateError(FamulorAPIError):
+    """``TEMPLATE_NOT_FOUND``, ``TEMPLATE_NOT_APPROVED``, ``TEMPLATE_NOT_SYNCED`` or
+    ``TEMPLATE_MISMATCH``: the template cannot be sent; nothing was sent."""
+
+
+class FamulorInvalidPhoneError(FamulorAPIError):
+    """``INVALID_PHONE``: the API rejected the recipient's number; nothing was sent."""

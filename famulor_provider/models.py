@@ -107,6 +107,8 @@ def _as_list(value: Any, name: str) -> list[Any] | None:
         return None
     if isinstance(value, str):
         text = value.strip()
+        if text.lower() in ("", "none", "null"):  # a template that rendered nothing
+            return None
         if text.startswith(("[", "(")):
             try:
                 value = ast.literal_eval(text)
@@ -215,3 +217,134 @@ def capacity_key(sender: WhatsAppSender) -> tuple[int, int, float]:
 def order_by_capacity(senders: Iterable[WhatsAppSender]) -> list[WhatsAppSender]:
     """Best sender first (see ``capacity_key``); ties keep the API's order."""
     return sorted(senders, key=capacity_key)
+
+
+# -- templates, sessions and messages -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhatsAppTemplate:
+    """An approved (or pending, rejected, ...) message template of a sender.
+
+    ``variables`` are the placeholders the template takes (``["1", "2"]`` or named keys).
+    """
+
+    id: int
+    name: str
+    language: str | None
+    category: str | None
+    status: str | None
+    body_text: str | None
+    variables: tuple[Any, ...]
+    has_variables: bool
+
+    @classmethod
+    def from_api(cls, item: Any) -> WhatsAppTemplate:
+        """Build a template from one item of the API's ``data`` list; extra fields are ignored."""
+        if not isinstance(item, Mapping) or item.get("id") is None:
+            raise FamulorResponseError(f"Famulor sent a template without an 'id': {type(item).__name__}")
+        template_id = item["id"]
+        if isinstance(template_id, str) and template_id.strip().isdigit():
+            template_id = int(template_id)
+        if not isinstance(template_id, int) or isinstance(template_id, bool):
+            raise FamulorResponseError(f"Famulor sent a template with a non-integer 'id': {template_id!r}")
+        variables = item.get("variables") or ()
+        if not isinstance(variables, (list, tuple)):
+            variables = (variables,)
+        return cls(
+            id=template_id,
+            name=str(item.get("name") or ""),
+            language=item.get("language"),
+            category=item.get("category"),
+            status=item.get("status"),
+            body_text=item.get("body_text"),
+            variables=tuple(variables),
+            has_variables=bool(item.get("has_variables", bool(variables))),
+        )
+
+    @property
+    def is_approved(self) -> bool:
+        return (self.status or "").lower() == "approved"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-native dict with the API's keys (what goes to XCom)."""
+        return {**asdict(self), "variables": list(self.variables)}
+
+
+@dataclass(frozen=True)
+class WhatsAppSessionStatus:
+    """Whether a free-form message can be sent to a recipient (the 24-hour customer-service window).
+
+    ``has_conversation`` plus the fields of the API's ``session_status``; ``expires_at`` is set
+    while the window is open, ``expired_at`` once it closed.
+    """
+
+    has_conversation: bool
+    is_open: bool
+    can_send_freeform: bool
+    requires_template: bool
+    minutes_remaining: int | None
+    expires_at: str | None
+    expired_at: str | None
+    message: str | None
+
+    @classmethod
+    def from_api(cls, payload: Any) -> WhatsAppSessionStatus:
+        """Build the status from the answer of ``GET /user/whatsapp/session-status``."""
+        if not isinstance(payload, Mapping):
+            raise FamulorResponseError("Famulor sent a session status that is not a JSON object")
+        session = payload.get("session_status")
+        session = session if isinstance(session, Mapping) else {}
+        is_open = bool(session.get("is_open", False))
+        minutes = session.get("minutes_remaining")
+        return cls(
+            has_conversation=bool(payload.get("has_conversation", False)),
+            is_open=is_open,
+            can_send_freeform=bool(session.get("can_send_freeform", is_open)),
+            requires_template=bool(session.get("requires_template", not is_open)),
+            minutes_remaining=minutes if isinstance(minutes, int) and not isinstance(minutes, bool) else None,
+            expires_at=session.get("expires_at"),
+            expired_at=session.get("expired_at"),
+            message=session.get("message"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-native dict (flat: the ``session_status`` fields at the top level)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WhatsAppMessage:
+    """A message the API accepted: the send answer's fields plus what was sent to whom.
+
+    ``template_id`` is ``None`` for a free-form message. ``status`` is ``queued`` or ``sent``.
+    """
+
+    sender_id: int
+    recipient_phone: str
+    template_id: int | None
+    message_id: Any
+    conversation_id: Any
+    whatsapp_message_id: str | None
+    message_sid: str | None
+    status: str | None
+
+    @classmethod
+    def from_api(
+        cls, payload: Mapping[str, Any], *, sender_id: int, recipient_phone: str, template_id: int | None
+    ) -> WhatsAppMessage:
+        """Build the message from a send's success answer; never raises (the message is sent)."""
+        return cls(
+            sender_id=sender_id,
+            recipient_phone=recipient_phone,
+            template_id=template_id,
+            message_id=payload.get("message_id"),
+            conversation_id=payload.get("conversation_id"),
+            whatsapp_message_id=payload.get("whatsapp_message_id"),
+            message_sid=payload.get("message_sid"),
+            status=payload.get("status"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-native dict with the API's keys (what goes to XCom)."""
+        return asdict(self)

@@ -30,4 +30,6 @@ def test_dag_facing_modules_import_nothing_heavy() -> None:
     ours_only = ("famulor_provider.hooks.famulor", "famulor_provider.testing")
     assert [m for m in added if m.split(".")[0] in heavy or m in heavy] == []
     assert [m for m in added if m.startswith(ours_only)] == []
-    assert len(added) < 20, added
+    # Airflow's own modules (2.11 loads its sensor package for BaseSensorOperator) are not ours to count.
+    ours = [m for m in added if not m.startswith("airflow.")]
+    assert len(ours) < 15, ours

@@ -112,9 +112,9 @@ def _as_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    if text in ("true", "1", "yes", "y", "on"):  # "y": Airflow 2.11's form sends a ticked box so
         return True
-    if text in ("false", "0", "no", "off"):
+    if text in ("false", "0", "no", "n", "off"):
         return False
     raise FamulorValidationError(name, f"expected true or false, got {value!r}")
 
@@ -373,6 +373,125 @@ def retry_policy(
     }
 
 
+def may_have_sent(error: BaseException) -> bool:
+    """Whether a failed send may still have been accepted (and billed) by the API.
+
+    True when the request went out and no answer says it was refused: a read timeout, a
+    connection broken after sending, a 5xx without a documented error code, or a success
+    answer that cannot be read. A 4xx (or a mapped error code) is a refusal: nothing was sent.
+    """
+    if isinstance(error, FamulorConnectionError):
+        return error.request_sent
+    if isinstance(error, FamulorResponseError):
+        return True
+    return type(error) is FamulorAPIError and error.status_code >= 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Sends: input checks and pacing.
+
+SEND_RATE_PER_SECOND = 5  # the API's documented limit for sends, per user
+SEND_INTERVAL = 1.05 / SEND_RATE_PER_SECOND  # 5 % slack for network jitter: a 429 costs far more
+E164_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
+MAX_MESSAGE_CHARS = 4096
+MAX_RECIPIENT_NAME_CHARS = 255
+
+
+class SendPacer:
+    """
+    Spaces sends at least ``interval`` seconds apart per key (connection id), across threads.
+
+    Each caller reserves the next free slot under a lock, then sleeps outside it, so waiting
+    callers never block one another's bookkeeping.
+
+    :param interval: the minimum gap between two sends with the same key, in seconds.
+    :param clock: a monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next_slot: dict[str, float] = {}
+
+    def wait(self, key: str, sleep: Callable[[float], Any] = time.sleep) -> None:
+        """Take the next send slot of ``key``; sleep until it comes.
+
+        :param key: what the limit is shared by (the connection id).
+        :param sleep: the sleeper.
+        """
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next_slot.get(key, now))
+            self._next_slot[key] = slot + self.interval
+        if slot > now:
+            sleep(slot - now)
+
+
+# Shared by every hook, task and thread of the process.
+SEND_PACER = SendPacer(SEND_INTERVAL)
+
+
+def check_id(value: Any, name: str) -> int:
+    """A positive integer id (digit strings, as templates render them, are accepted).
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    """
+    return _as_id(value, name)
+
+
+def check_phone(value: Any, name: str = "recipient_phone") -> str:
+    """An E.164 phone number; spaces, dots, dashes and parentheses are dropped first.
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    """
+    phone = normalize_phone(value.strip()) if isinstance(value, str) else None
+    if phone is None or not E164_PHONE.match(phone):
+        raise FamulorValidationError(
+            name, f"expected an E.164 phone number such as +14155551234, got {value!r}"
+        )
+    return phone
+
+
+def check_text(value: Any, name: str, max_chars: int, *, required: bool) -> str:
+    """A string of at most ``max_chars`` characters; ``None`` or empty is ``""`` unless ``required``.
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    :param max_chars: the most characters allowed.
+    :param required: whether an empty value is an error.
+    """
+    if value is None or value == "":
+        if required:
+            raise FamulorValidationError(name, "must not be empty")
+        return ""
+    if not isinstance(value, str):
+        raise FamulorValidationError(name, f"expected a string, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise FamulorValidationError(name, f"has {len(value)} characters; at most {max_chars} are allowed")
+    return value
+
+
+def check_variables(value: Any, name: str = "variables") -> dict[str, Any] | None:
+    """Template variables: a mapping such as ``{"1": "A-1234"}`` or ``{"name": "Ann"}``.
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    """
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, Mapping):
+        raise FamulorValidationError(
+            name, f'expected a mapping such as {{"1": "A-1234"}}, got {type(value).__name__}'
+        )
+    for key, item in value.items():
+        if not isinstance(item, str | int | float) or isinstance(item, bool):
+            raise FamulorValidationError(name, f"the value of {key!r} must be text or a number")
+    return {str(key): item for key, item in value.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -396,6 +515,8 @@ class FamulorHook(BaseHook):
     # Injectable for tests: the sleepers used between retries.
     sleep: Callable[[float], None] = staticmethod(time.sleep)
     async_sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+    # The process-wide send pacer (injectable for tests).
+    send_pacer: SendPacer = SEND_PACER
 
     def __init__(
         self,
@@ -530,6 +651,135 @@ class FamulorHook(BaseHook):
         path = "/user/whatsapp/senders"
         payload = await self.arequest("GET", path, params={"status": _status_param(status)})
         return [WhatsAppSender.from_api(item) for item in data_list(f"GET {path}", payload)]
+
+    def list_whatsapp_templates(self, sender_id: int, status: str = "approved") -> list[WhatsAppTemplate]:
+        """
+        List a sender's message templates (``GET /user/whatsapp/senders/{sender_id}/templates``).
+
+        :param sender_id: the sender.
+        :param status: ``approved`` (the API's default) or ``all``.
+        """
+        sender_id = check_id(sender_id, "sender_id")
+        status = check_text(status, "status", 32, required=True).lower()
+        path = f"/user/whatsapp/senders/{sender_id}/templates"
+        payload = self.request("GET", path, params={"status": status})
+        return [WhatsAppTemplate.from_api(item) for item in data_list(f"GET {path}", payload)]
+
+    def get_whatsapp_session_status(self, sender_id: int, recipient_phone: str) -> WhatsAppSessionStatus:
+        """
+        Whether a free-form message can be sent now (``GET /user/whatsapp/session-status``).
+
+        :param sender_id: the sender.
+        :param recipient_phone: the recipient (E.164).
+        """
+        params = {
+            "sender_id": check_id(sender_id, "sender_id"),
+            "recipient_phone": check_phone(recipient_phone),
+        }
+        # requests URL-encodes the '+' of the phone as %2B (a bare '+' would decode as a space).
+        payload = self.request("GET", "/user/whatsapp/session-status", params=params)
+        return WhatsAppSessionStatus.from_api(payload)
+
+    def send_whatsapp_template(
+        self,
+        sender_id: int,
+        template_id: int,
+        recipient_phone: str,
+        *,
+        variables: Mapping[str, Any] | None = None,
+        recipient_name: str | None = None,
+    ) -> WhatsAppMessage:
+        """
+        Send an approved template message (``POST /user/whatsapp/send``; billed, not idempotent).
+
+        Retried only where the API cannot have accepted it (429, never connected). When the
+        outcome is unknown, raises ``FamulorDeliveryUnknownError`` and never retries.
+
+        :param sender_id: the sender.
+        :param template_id: the approved template.
+        :param recipient_phone: the recipient (E.164).
+        :param variables: the template's variables, e.g. ``{"1": "A-1234"}``.
+        :param recipient_name: the recipient's name (at most 255 characters).
+        """
+        body: dict[str, Any] = {
+            "sender_id": check_id(sender_id, "sender_id"),
+            "template_id": check_id(template_id, "template_id"),
+            "recipient_phone": check_phone(recipient_phone),
+        }
+        name = check_text(recipient_name, "recipient_name", MAX_RECIPIENT_NAME_CHARS, required=False)
+        if name:
+            body["recipient_name"] = name
+        checked_variables = check_variables(variables)
+        if checked_variables is not None:
+            body["variables"] = checked_variables
+        return self._send("/user/whatsapp/send", body)
+
+    def send_whatsapp_freeform(self, sender_id: int, recipient_phone: str, message: str) -> WhatsAppMessage:
+        """
+        Send a free-form text inside an open 24-hour window (``POST /user/whatsapp/send-freeform``).
+
+        Same retry rule as :meth:`send_whatsapp_template`; an expired window raises
+        ``FamulorSessionExpiredError``.
+
+        :param sender_id: the sender.
+        :param recipient_phone: the recipient (E.164).
+        :param message: the text (at most 4096 characters).
+        """
+        body = {
+            "sender_id": check_id(sender_id, "sender_id"),
+            "recipient_phone": check_phone(recipient_phone),
+            "message": check_text(message, "message", MAX_MESSAGE_CHARS, required=True),
+        }
+        return self._send("/user/whatsapp/send-freeform", body)
+
+    def _send(self, path: str, body: dict[str, Any]) -> WhatsAppMessage:
+        """POST one checked send: paced, retried only if nothing can have been sent."""
+        sender_id, phone = body["sender_id"], body["recipient_phone"]
+        attempted_at: list[datetime] = []
+
+        def before_attempt() -> None:
+            self.send_pacer.wait(self.famulor_conn_id, self.sleep)
+            attempted_at.append(datetime.now(timezone.utc))
+
+        self.session  # noqa: B018  (built before taking a send slot, so the slot is not spent on set-up)
+        what = f"template {body['template_id']}" if "template_id" in body else "free-form message"
+        log.info("Sending WhatsApp %s from sender %s to %s", what, sender_id, phone)
+        try:
+            payload = self.request(
+                "POST", path, json_body=body, retryable=is_retryable_send, before_attempt=before_attempt
+            )
+        except FamulorError as err:
+            if attempted_at and may_have_sent(err):
+                raise self._delivery_unknown(path, body, attempted_at[-1], err) from err
+            raise
+        if not isinstance(payload, Mapping) or payload.get("success") is False:
+            cause = FamulorResponseError(f"POST {path} answered 2xx without success: true")
+            raise self._delivery_unknown(path, body, attempted_at[-1], cause) from cause
+        message = WhatsAppMessage.from_api(
+            payload, sender_id=sender_id, recipient_phone=phone, template_id=body.get("template_id")
+        )
+        log.info("WhatsApp message %s to %s accepted (%s)", message.message_id, phone, message.status)
+        return message
+
+    def _delivery_unknown(
+        self, path: str, body: Mapping[str, Any], attempted_at: datetime, cause: FamulorError
+    ) -> FamulorDeliveryUnknownError:
+        when = attempted_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        text = (
+            f"Delivery unknown: the WhatsApp message from sender {body['sender_id']} to "
+            f"{body['recipient_phone']} (POST {path} at {when}) may have been sent and billed. "
+            "It was not retried, so the recipient cannot get it twice. Before sending again, check "
+            f"in Famulor whether sender {body['sender_id']} messaged {body['recipient_phone']} "
+            f"around {when}. Cause: {cause}"
+        )
+        return FamulorDeliveryUnknownError(
+            self.config.scrub(text),
+            sender_id=body["sender_id"],
+            recipient_phone=body["recipient_phone"],
+            attempted_at=attempted_at,
+            status_code=getattr(cause, "status_code", None),
+            error_code=getattr(cause, "error_code", None),
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key and the base URL with one read-only ``GET /user/me`` (no retries)."""

@@ -1,0 +1,138 @@
+# airflow-provider-famulor: environments, lint and tests on every supported Airflow line.
+#
+#   make test                  the suite on the latest Airflow 3.x (.venv)
+#   make test-matrix           the suite on every line in AIRFLOW_VERSIONS, each in its own venv
+#   make test-airflow-2.11     the suite on one line (2.11, 3.1 or latest)
+#   make lint                  ruff check, ruff format --check, mypy (in .venv)
+#   make venv                  .venv with the latest Airflow 3.x, -e .[test,dev]
+#   make airflow-db            a migrated SQLite DB in .airflow/latest/ for the airflow CLI
+#
+# Lines: "latest" is the newest Airflow 3.x in .venv; any other line X.Y is apache-airflow==X.Y.*
+# in .venv-X.Y. A venv is rebuilt when pyproject.toml changes (stamp file .installed).
+# Recipes export AIRFLOW_HOME=.airflow/<line>/ (SQLite, no examples, dags folder example_dags/);
+# pytest itself runs each session in a temporary home seeded from .airflow/test-db/ (tests/conftest.py).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := venv
+.SECONDEXPANSION:
+
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+AIRFLOW_VERSIONS ?= 2.11 3.1 latest
+PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard famulor_provider tests example_dags benchmarks)
+
+venv_dir = $(if $(filter latest,$(1)),.venv,.venv-$(1))
+airflow_spec = apache-airflow$(if $(filter latest,$(1)),>=3$(comma)<4,==$(1).*)
+comma := ,
+airflow_env = AIRFLOW_HOME=$(CURDIR)/.airflow/$(1) \
+	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(CURDIR)/.airflow/$(1)/airflow.db \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/example_dags
+
+.PHONY: venv lint test test-matrix airflow-db uv
+.PRECIOUS: .venv-%/.installed .airflow/%/airflow.db
+
+venv: .venv/.installed
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+# --compile-bytecode: PYTHONDONTWRITEBYTECODE=1 is set on our machines, so without it every
+# process would compile Airflow's sources again.
+define install_venv
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(2)
+	$(UV) pip install --quiet --compile-bytecode --python $(2)/bin/python \
+		-e '.[test,dev]' '$(call airflow_spec,$(1))'
+	@$(2)/bin/python -c 'import importlib.metadata as m, sys; \
+		print("$(2): Airflow", m.version("apache-airflow"), "Python", sys.version.split()[0])'
+	@touch $(2)/.installed
+endef
+
+.venv/.installed: pyproject.toml | uv
+	$(call install_venv,latest,.venv)
+
+.venv-%/.installed: pyproject.toml | uv
+	$(call install_venv,$*,.venv-$*)
+
+lint: .venv/.installed
+	@status=0; \
+	.venv/bin/ruff check $(LINT_PATHS) || status=1; \
+	.venv/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	.venv/bin/mypy || status=1; \
+	exit $$status
+
+test: test-airflow-latest
+
+test-airflow-%: $$(call venv_dir,$$*)/.installed
+	@mkdir -p .airflow/$*
+	$(call airflow_env,$*) $(call venv_dir,$*)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Every line runs even when one fails; the summary names the failing ones.
+test-matrix:
+	@failed=""; \
+	for line in $(AIRFLOW_VERSIONS); do \
+		echo "=== Airflow $$line ==="; \
+		$(MAKE) --no-print-directory test-airflow-$$line || failed="$$failed $$line"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-matrix failed on Airflow:$$failed"; exit 1; fi; \
+	echo "test-matrix passed on Airflow: $(AIRFLOW_VERSIONS)"
+
+# The airflow CLI's own home for a line (AIRFLOW_LINE, default latest): what `make demo` and the
+# system test build on. Migrated again when the venv changes.
+AIRFLOW_LINE ?= latest
+airflow-db: .airflow/$(AIRFLOW_LINE)/airflow.db
+
+.airflow/%/airflow.db: $$(call venv_dir,$$*)/.installed
+	@mkdir -p $(@D)
+	$(call airflow_env,$*) $(call venv_dir,$*)/bin/airflow db migrate >$(@D)/migrate.log 2>&1 \
+		|| { cat $(@D)/migrate.log; exit 1; }
+	@touch $@
+
+# demo: (added by the UI work) the latest line's webserver/api-server and scheduler on example_dags/
+# test-ui: browser tests of the Famulor connection form (tests/ui) on each line in
+# UI_AIRFLOW_VERSIONS: Debian's Chromium (installed with apt-get if missing) driven by Playwright
+# (pip package only, never `playwright install`); the tests start the line's web server and the
+# Famulor sandbox on 127.0.0.1. Screenshots in artifacts/ui/; FAMULOR_UI_UPDATE_DOCS=1 also
+# refreshes docs/connection-form.png (from Airflow 3).
+UI_AIRFLOW_VERSIONS ?= latest 2.11
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: chromium test-ui
+
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))/.installed)
+	@failed=""; \
+	for line in $(UI_AIRFLOW_VERSIONS); do \
+		venv=$$( [ "$$line" = latest ] && echo .venv || echo .venv-$$line ); \
+		$(UV) pip install --quiet --python $$venv/bin/python playwright; \
+		echo "=== UI tests on Airflow $$line ==="; \
+		FAMULOR_UI_TESTS=1 FAMULOR_UI_CHROMIUM=$(CHROMIUM) $$venv/bin/python -m pytest tests/ui -rxs \
+			$(PYTEST_ARGS) || failed="$$failed $$line"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-ui failed on Airflow:$$failed"; exit 1; fi; \
+	echo "test-ui passed on Airflow: $(UI_AIRFLOW_VERSIONS)"
+
+# test-system: the famulor_wait_for_sender example DAG on a real deployment per line in
+# SYSTEM_AIRFLOW_VERSIONS (tests/system): scheduler + triggerer (+ api-server and dag-processor
+# on Airflow 3) on 127.0.0.1 in a temporary home, checking the sensor deferred and resumed.
+# About 30 s per line; the processes are stopped by their ids when the test ends.
+SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
+
+.PHONY: test-system
+
+test-system: $(foreach line,$(SYSTEM_AIRFLOW_VERSIONS),$(call venv_dir,$(line))/.installed)
+	@failed=""; \
+	for line in $(SYSTEM_AIRFLOW_VERSIONS); do \
+		venv=$$( [ "$$line" = latest ] && echo .venv || echo .venv-$$line ); \
+		echo "=== system test on Airflow $$line ==="; \
+		FAMULOR_SYSTEM_TEST=1 $$venv/bin/python -m pytest tests/system -rs $(PYTEST_ARGS) \
+			|| failed="$$failed $$line"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-system failed on Airflow:$$failed"; exit 1; fi; \
+	echo "test-system passed on Airflow: $(SYSTEM_AIRFLOW_VERSIONS)"
