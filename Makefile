@@ -136,3 +136,54 @@ test-system: $(foreach line,$(SYSTEM_AIRFLOW_VERSIONS),$(call venv_dir,$(line))/
 	done; \
 	if [ -n "$$failed" ]; then echo "test-system failed on Airflow:$$failed"; exit 1; fi; \
 	echo "test-system passed on Airflow: $(SYSTEM_AIRFLOW_VERSIONS)"
+
+# demo: the sandbox (or the real API with FAMULOR_API_KEY), the example DAGs with `airflow dags
+# test` on .airflow/latest/, then what reached XCom. The sandbox is stopped by PID on exit.
+define PRINT_XCOM
+import json, sqlite3, sys
+db, dag_id = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(db)
+run_id = con.execute("SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()[0]
+rows = con.execute(
+    "SELECT x.task_id, x.map_index, x.value FROM xcom x JOIN dag_run r ON r.id = x.dag_run_id "
+    "WHERE r.run_id=? AND x.dag_id=? AND x.key='return_value' ORDER BY x.task_id, x.map_index",
+    (run_id, dag_id),
+).fetchall()
+print(f"--- XCom of {dag_id} ({run_id}) ---")
+for task_id, map_index, value in rows:
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "phone_number" in value[0]:
+        print(f"{label}: {len(value)} sender(s)")
+        for s in value:
+            print(f"  {s['id']:>4}  {s['phone_number']:<15} {s['status']:<8} {s['quality_rating'] or '-':<7} "
+                  f"{'unlimited' if s['messaging_limit'] is None else s['messaging_limit']}")
+    else:
+        print(f"{label}: {json.dumps(value)}")
+endef
+export PRINT_XCOM
+
+.PHONY: demo
+demo: .airflow/latest/airflow.db
+	@set -euo pipefail; home=$(CURDIR)/.airflow/latest; \
+	if [ -n "$${FAMULOR_API_KEY:-}" ]; then \
+		echo "Using the real Famulor API (FAMULOR_API_KEY is set); the sending DAG is skipped."; \
+		export AIRFLOW_CONN_FAMULOR_DEFAULT=$$(.venv/bin/python -c 'import json, os; print(json.dumps({"conn_type": "famulor", "password": os.environ["FAMULOR_API_KEY"], "host": os.environ.get("FAMULOR_BASE_URL", "")}))'); \
+		dags="famulor_whatsapp_senders"; \
+	else \
+		port_file=$$(mktemp); rm -f $$port_file; \
+		.venv/bin/python -m famulor_provider.testing serve --port 0 --port-file $$port_file >$$home/sandbox.log 2>&1 & pid=$$!; \
+		trap 'kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; rm -f $$port_file' EXIT; \
+		for _ in $$(seq 100); do [ -s $$port_file ] && break; sleep 0.1; done; \
+		[ -s $$port_file ] || { echo "sandbox did not start"; cat $$home/sandbox.log; exit 1; }; \
+		port=$$(cat $$port_file); echo "Sandbox (PID $$pid) on http://127.0.0.1:$$port/api"; \
+		export AIRFLOW_CONN_FAMULOR_DEFAULT="{\"conn_type\": \"famulor\", \"host\": \"http://127.0.0.1:$$port/api\", \"password\": \"sandbox-api-key\"}"; \
+		dags="famulor_whatsapp_senders famulor_whatsapp_campaign"; \
+	fi; \
+	for dag in $$dags; do \
+		echo "=== airflow dags test $$dag ==="; \
+		$(call airflow_env,latest) .venv/bin/airflow dags test $$dag >$$home/demo-$$dag.log 2>&1 \
+			|| { tail -50 $$home/demo-$$dag.log; exit 1; }; \
+		.venv/bin/python -c "$$PRINT_XCOM" $$home/airflow.db $$dag; \
+	done
