@@ -3,7 +3,7 @@
 Each sample is a fresh interpreter that first imports Airflow's authoring API (what every DAG
 file pays anyway), then the modules under test; it reports the extra time and modules. The
 baseline is the HTTP provider's operator + sensor, measured the same way in the same run when it
-is installed (``make bench`` installs it).
+is installed (`uv pip install apache-airflow-providers-http`).
 
 Run: ``python benchmarks/parse_time.py [--samples 15]``
 """
@@ -78,7 +78,7 @@ def main() -> None:
         f"heavy imports: {ours['heavy'] or 'none'} (median of {args.samples} fresh interpreters)"
     )
     if importlib.util.find_spec("airflow.providers.http") is None:
-        print("HTTP provider not installed: no baseline (make bench installs it)")
+        print("HTTP provider not installed: no baseline (pip install apache-airflow-providers-http)")
         return
     http = sample(HTTP, args.samples)
     print(
