@@ -22,11 +22,6 @@ from airflow.providers.common.compat.sdk import (
 from famulor_provider.exceptions import FamulorError, FamulorValidationError
 from famulor_provider.models import QualityRating, SenderCriteria
 from famulor_provider.operators.whatsapp import sender_table
-from famulor_provider.triggers.whatsapp import (
-    WhatsAppSenderTrigger,
-    error_from_event,
-    matching_senders,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -152,6 +147,8 @@ class WhatsAppSenderSensor(BaseSensorOperator):
                 raise
             self.log.warning("Famulor is unavailable for now (%s); still waiting", err)
             return PokeReturnValue(is_done=False)
+        from famulor_provider.triggers.whatsapp import matching_senders
+
         matching = matching_senders(criteria, senders, self.famulor_conn_id)
         if len(matching) >= min_count:
             self.log.info("%d WhatsApp sender(s) match:\n%s", len(matching), sender_table(matching))
@@ -171,6 +168,9 @@ class WhatsAppSenderSensor(BaseSensorOperator):
         started_at = time.time()
         result = self.poke(context)
         if not result.is_done:
+            # Imported here: the trigger module pulls in Airflow's trigger base at DAG-parse time.
+            from famulor_provider.triggers.whatsapp import WhatsAppSenderTrigger
+
             # The trigger ends itself at the sensor's end time, so every Airflow line sees an
             # AirflowSensorTimeout (2.11 would raise TaskDeferralTimeout from the deferral timeout).
             self.defer(
@@ -200,5 +200,7 @@ class WhatsAppSenderSensor(BaseSensorOperator):
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
         if status == "error":
+            from famulor_provider.triggers.whatsapp import error_from_event
+
             raise error_from_event(event)
         raise FamulorError(f"WhatsAppSenderTrigger sent an unexpected event: {event!r}")
