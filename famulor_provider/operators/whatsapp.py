@@ -77,7 +77,19 @@ def sender_table(senders: Iterable[WhatsAppSender]) -> str:
     )
 
 
-class ListWhatsAppSendersOperator(BaseOperator):
+class FamulorOperator(BaseOperator):
+    """Base of the Famulor operators: a hook on ``famulor_conn_id``, built on the worker, not at parse."""
+
+    famulor_conn_id: str
+
+    @cached_property
+    def hook(self) -> FamulorHook:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        return FamulorHook(self.famulor_conn_id)
+
+
+class ListWhatsAppSendersOperator(FamulorOperator):
     """
     List the account's WhatsApp senders, filter and order them, and push them to XCom.
 
@@ -132,12 +144,6 @@ class ListWhatsAppSendersOperator(BaseOperator):
         self.phone_numbers = phone_numbers
         self.order_by = order_by
         self.if_empty = if_empty
-
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         if_empty = check_choice("if_empty", self.if_empty, IF_EMPTY_CHOICES)
@@ -254,7 +260,7 @@ def find_approved_template(
     raise FamulorValidationError("template_name", f"sender {sender_id} has no {where}")
 
 
-class ListWhatsAppTemplatesOperator(BaseOperator):
+class ListWhatsAppTemplatesOperator(FamulorOperator):
     """
     List a sender's message templates and push them to XCom (a list of template dicts).
 
@@ -285,12 +291,6 @@ class ListWhatsAppTemplatesOperator(BaseOperator):
         self.language = language
         self.famulor_conn_id = famulor_conn_id
 
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
-
     def execute(self, context: Context) -> list[dict[str, Any]]:
         names = _as_list(self.names, "names")
         language = self.language or None
@@ -308,7 +308,7 @@ class ListWhatsAppTemplatesOperator(BaseOperator):
         return [t.to_dict() for t in templates]
 
 
-class SendWhatsAppTemplateOperator(BaseOperator):
+class SendWhatsAppTemplateOperator(FamulorOperator):
     """
     Send one approved template message to one recipient; returns the message dict.
 
@@ -365,12 +365,6 @@ class SendWhatsAppTemplateOperator(BaseOperator):
         self.recipient_name = recipient_name
         self.famulor_conn_id = famulor_conn_id
 
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
-
     def execute(self, context: Context) -> dict[str, Any]:
         from famulor_provider.hooks.famulor import (
             MAX_RECIPIENT_NAME_CHARS,
@@ -408,7 +402,7 @@ class SendWhatsAppTemplateOperator(BaseOperator):
         return template.id
 
 
-class SendWhatsAppFreeformOperator(BaseOperator):
+class SendWhatsAppFreeformOperator(FamulorOperator):
     """
     Send one free-form text inside the recipient's open 24-hour window; returns the message dict.
 
@@ -452,12 +446,6 @@ class SendWhatsAppFreeformOperator(BaseOperator):
         self.fallback_template_id = fallback_template_id
         self.fallback_variables = fallback_variables
         self.famulor_conn_id = famulor_conn_id
-
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from famulor_provider.hooks.famulor import (
