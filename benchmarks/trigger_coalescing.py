@@ -51,7 +51,9 @@ class Run:
 
 async def _uncoalesced(famulor_conn_id: str, *, max_age: float, status: str = "all") -> Any:
     """The baseline: every trigger sends its own request on every poll."""
-    return await trigger_module._list_senders(famulor_conn_id, status)
+    from famulor_provider.hooks.famulor import FamulorHook
+
+    return await FamulorHook(famulor_conn_id).alist_whatsapp_senders(status=status, max_retries=0)
 
 
 def _counting_polls(coalesced: bool, polls: list[int]) -> AbstractContextManager[Any]:

@@ -21,9 +21,9 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import DAG, task
 
-from famulor_provider.models import normalize_phone
 from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, SendWhatsAppTemplateOperator
 from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
+from famulor_provider.validation import normalize_phone
 
 RECIPIENT_KEYS = ("recipient_phone", "recipient_name", "variables")
 

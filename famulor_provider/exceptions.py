@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
 
@@ -139,3 +140,44 @@ class FamulorTemplateError(FamulorAPIError):
 
 class FamulorInvalidPhoneError(FamulorAPIError):
     """``INVALID_PHONE``: the API rejected the recipient's number; nothing was sent."""
+
+
+# -- campaigns -----------------------------------------------------------------------------------
+
+
+class FamulorLedgerMissingError(FamulorError):
+    """A later try of a campaign found no send ledger where an earlier try must have written one.
+
+    Sending without it could send a message twice, so nothing is sent: the ledger's folder must be
+    on storage every worker sees.
+    """
+
+
+# -- errors carried in trigger events --------------------------------------------------------------
+
+EVENT_FIELDS = ("status_code", "error_code", "field", "request_sent")
+
+
+def error_event(error: BaseException) -> dict[str, Any]:
+    """A failed trigger's terminal event payload: the typed error's name, message and fields."""
+    payload: dict[str, Any] = {"status": "error", "error_type": type(error).__name__, "message": str(error)}
+    if isinstance(error, FamulorError):
+        # Instance attributes only: AirflowException has a class-level ``status_code`` default.
+        payload.update({name: error.__dict__[name] for name in EVENT_FIELDS if name in error.__dict__})
+    return payload
+
+
+def error_from_event(event: Mapping[str, Any]) -> FamulorError:
+    """Rebuild the typed error of an :func:`error_event` payload, for ``execute_complete`` to raise."""
+    error_type = str(event.get("error_type") or "FamulorError")
+    message = str(event.get("message") or "the trigger failed without a message")
+    cls = globals().get(error_type)
+    if not (isinstance(cls, type) and issubclass(cls, FamulorError)):
+        return FamulorError(f"{error_type}: {message}")
+    # The error classes take different constructor arguments; the message is already complete,
+    # so build the instance without __init__ and restore its fields.
+    error = cls.__new__(cls, message)
+    for name in EVENT_FIELDS:
+        if name in event:
+            setattr(error, name, event[name])
+    return error

@@ -6,21 +6,18 @@ the API adds values (``connecting``, ``NA``, ...) that a provider release cannot
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from famulor_provider.exceptions import FamulorResponseError, FamulorValidationError
+from famulor_provider.exceptions import (
+    FamulorResponseError,
+    FamulorSenderNotFoundError,
+    FamulorValidationError,
+)
+from famulor_provider.validation import as_list, check_id, check_optional_int, normalize_phone
 
-
-class SenderStatus:
-    """Documented sender statuses; others (``connecting``, ``suspended``, ...) may appear."""
-
-    ONLINE = "online"
-    OFFLINE = "offline"
-    ALL = "all"  # the query value that lists every sender, not a status
+ONLINE = "online"  # the documented statuses are online and offline; others may appear
 
 
 class QualityRating:
@@ -31,7 +28,6 @@ class QualityRating:
     RED = "RED"
     NA = "NA"
     UNKNOWN = "UNKNOWN"
-    UNRATED = frozenset({NA, UNKNOWN, None})
 
     # Best first, for ordering senders by capacity; unknown strings rank as unrated.
     RANK: Mapping[str | None, int] = {GREEN: 0, YELLOW: 1, NA: 2, UNKNOWN: 2, None: 2, RED: 3}
@@ -83,7 +79,7 @@ class WhatsAppSender:
 
     @property
     def is_online(self) -> bool:
-        return (self.status or "").lower() == SenderStatus.ONLINE
+        return (self.status or "").lower() == ONLINE
 
     def has_capacity(self, min_messaging_limit: int | None) -> bool:
         """Whether the 24 h limit is at least ``min_messaging_limit`` (unlimited always is)."""
@@ -92,54 +88,8 @@ class WhatsAppSender:
         return self.messaging_limit >= min_messaging_limit
 
 
-def normalize_phone(phone: str) -> str:
-    """Drop the separators people write in phone numbers: ``+1 (415) 555-1234`` -> ``+14155551234``."""
-    return re.sub(r"[\s().-]", "", phone)
-
-
 def _normalize_rating(rating: str | None) -> str | None:
     return rating.upper() if isinstance(rating, str) else None
-
-
-def _as_list(value: Any, name: str) -> list[Any] | None:
-    """A list from an argument that may be a list, one value, or a rendered template string."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "none", "null"):  # a template that rendered nothing
-            return None
-        if text.startswith(("[", "(")):
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise FamulorValidationError(name, f"cannot read a list from {value!r}") from None
-        else:
-            return [part.strip() for part in text.split(",") if part.strip()]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return list(value)
-    return [value]
-
-
-def _as_optional_int(value: Any, name: str, *, minimum: int) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    if isinstance(value, bool):
-        raise FamulorValidationError(name, f"expected a whole number, got {value!r}")
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise FamulorValidationError(name, f"expected a whole number, got {value!r}") from None
-    if number < minimum:
-        raise FamulorValidationError(name, f"must be at least {minimum}, got {number}")
-    return number
-
-
-def _as_id(value: Any, name: str) -> int:
-    number = _as_optional_int(value, name, minimum=1)
-    if number is None:
-        raise FamulorValidationError(name, "an id must be a positive whole number, got None")
-    return number
 
 
 @dataclass(frozen=True)
@@ -168,17 +118,17 @@ class SenderCriteria:
         phone_numbers: Any = None,
     ) -> SenderCriteria:
         """Check and normalise (possibly templated) arguments; raise ``FamulorValidationError``."""
-        ratings = _as_list(quality_ratings, "quality_ratings")
-        ids = _as_list(sender_ids, "sender_ids")
-        phones = _as_list(phone_numbers, "phone_numbers")
+        ratings = as_list(quality_ratings, "quality_ratings")
+        ids = as_list(sender_ids, "sender_ids")
+        phones = as_list(phone_numbers, "phone_numbers")
         return cls(
             online_only=bool(online_only),
             quality_ratings=None if ratings is None else tuple(_normalize_rating(r) for r in ratings),
             excluded_quality_ratings=tuple(
-                str(r).upper() for r in _as_list(excluded_quality_ratings, "excluded_quality_ratings") or ()
+                str(r).upper() for r in as_list(excluded_quality_ratings, "excluded_quality_ratings") or ()
             ),
-            min_messaging_limit=_as_optional_int(min_messaging_limit, "min_messaging_limit", minimum=0),
-            sender_ids=None if ids is None else tuple(_as_id(i, "sender_ids") for i in ids),
+            min_messaging_limit=check_optional_int(min_messaging_limit, "min_messaging_limit", minimum=0),
+            sender_ids=None if ids is None else tuple(check_id(i, "sender_ids") for i in ids),
             phone_numbers=None if phones is None else tuple(normalize_phone(str(p)) for p in phones),
         )
 
@@ -205,6 +155,41 @@ class SenderCriteria:
     def from_dict(cls, data: Mapping[str, Any]) -> SenderCriteria:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
+
+
+def matching_senders(
+    criteria: SenderCriteria, senders: Iterable[WhatsAppSender], famulor_conn_id: str
+) -> list[WhatsAppSender]:
+    """
+    The senders that match ``criteria``; fail when a wanted id or number is not in the account.
+
+    A typo in ``sender_id`` must fail at once, not wait for days: it is told apart from an
+    offline sender because the senders come from ``status=all``.
+
+    :param criteria: what a sender must be.
+    :param senders: every sender of the account (``status=all``).
+    :param famulor_conn_id: the connection, named in the error.
+    """
+    senders = list(senders)
+    ids = {s.id for s in senders}
+    phones = {normalize_phone(s.phone_number) for s in senders}
+    missing = [f"sender_id {i}" for i in criteria.sender_ids or () if i not in ids]
+    missing += [f"phone_number {p}" for p in criteria.phone_numbers or () if p not in phones]
+    if not missing and criteria.sender_ids and criteria.phone_numbers:
+        both = SenderCriteria(sender_ids=criteria.sender_ids, phone_numbers=criteria.phone_numbers)
+        if not both.select(senders):
+            ids_text = "/".join(str(i) for i in criteria.sender_ids)
+            missing = [
+                f"a sender with sender_id {ids_text} and phone_number {'/'.join(criteria.phone_numbers)}"
+            ]
+    if missing:
+        known = ", ".join(f"{s.id} ({s.phone_number})" for s in senders) or "none"
+        raise FamulorSenderNotFoundError(
+            "sender_id" if "sender_id" in missing[0] else "phone_number",
+            f"{' and '.join(missing)} not found among the WhatsApp senders of connection "
+            f"{famulor_conn_id!r} (its senders: {known})",
+        )
+    return criteria.select(senders)
 
 
 def capacity_key(sender: WhatsAppSender) -> tuple[int, int, float]:
@@ -269,6 +254,37 @@ class WhatsAppTemplate:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-native dict with the API's keys (what goes to XCom)."""
         return {**asdict(self), "variables": list(self.variables)}
+
+
+def same_language(template: WhatsAppTemplate, language: str | None) -> bool:
+    """Whether ``template`` is in ``language`` (any language when ``None``), case-insensitively."""
+    return language is None or (template.language or "").lower() == language.strip().lower()
+
+
+def find_approved_template(
+    templates: Iterable[WhatsAppTemplate], name: str, language: str | None, sender_id: int
+) -> WhatsAppTemplate:
+    """The one approved template called ``name`` (in ``language``), else a ``FamulorValidationError``.
+
+    :param templates: the sender's templates (any status).
+    :param name: the template's name.
+    :param language: its language (e.g. ``en``); needed when the name is approved in several.
+    :param sender_id: the sender, for the error message.
+    """
+    named = [t for t in templates if t.name == name and same_language(t, language)]
+    approved = [t for t in named if t.is_approved]
+    where = f"template {name!r}" + (f" in language {language!r}" if language else "")
+    if len(approved) == 1:
+        return approved[0]
+    if approved:
+        languages = ", ".join(sorted(t.language or "?" for t in approved))
+        raise FamulorValidationError("language", f"{where} is approved in {languages}; pass language=")
+    if named:
+        statuses = ", ".join(sorted({t.status or "unknown" for t in named}))
+        raise FamulorValidationError(
+            "template_name", f"{where} of sender {sender_id} is {statuses}, not approved"
+        )
+    raise FamulorValidationError("template_name", f"sender {sender_id} has no {where}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
@@ -23,12 +22,17 @@ from famulor_provider.exceptions import (
     FamulorTemplateError,
     FamulorValidationError,
 )
-from famulor_provider.models import (
-    SenderCriteria,
-    WhatsAppSender,
-    WhatsAppTemplate,
-    _as_list,
-    order_by_capacity,
+from famulor_provider.hook_mixin import FamulorHookMixin
+from famulor_provider.validation import (
+    MAX_MESSAGE_CHARS,
+    MAX_RECIPIENT_NAME_CHARS,
+    as_list,
+    check_choice,
+    check_id,
+    check_phone,
+    check_text,
+    check_variables,
+    is_blank,
 )
 
 if TYPE_CHECKING:
@@ -36,71 +40,27 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import Context
 
-    from famulor_provider.hooks.famulor import FamulorHook
-
+# The models, the hook and the log tables are imported inside execute(): a DAG file that imports
+# this module pays only for the classes below.
 IF_EMPTY_CHOICES = ("succeed", "skip", "fail")
 ORDER_BY_CHOICES = (None, "capacity")
+SENDER_STATUS_CHOICES = ("online", "offline", "all")
 
 
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    """Return ``value`` if it is one of ``choices``, else raise a ``FamulorValidationError``."""
-    if value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise FamulorValidationError(name, f"{value!r} is not one of {allowed}")
-    return value
-
-
-def none_if_blank(value: Any) -> Any:
-    """``None`` for a template that rendered nothing (``""``, ``"None"``, ``"null"``)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    return value
-
-
-def sender_table(senders: Iterable[WhatsAppSender]) -> str:
-    """A small fixed-width table of senders for the task log."""
-    rows = [("id", "phone_number", "display_name", "status", "quality", "limit/24h")]
-    rows += [
-        (
-            str(s.id),
-            s.phone_number,
-            s.display_name or "",
-            s.status or "",
-            s.quality_rating or "-",
-            "unlimited" if s.messaging_limit is None else str(s.messaging_limit),
-        )
-        for s in senders
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
-class FamulorOperator(BaseOperator):
-    """Base of the Famulor operators: a hook on ``famulor_conn_id``, built on the worker, not at parse."""
-
-    famulor_conn_id: str
-
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
-
-
-class ListWhatsAppSendersOperator(FamulorOperator):
+class ListWhatsAppSendersOperator(FamulorHookMixin, BaseOperator):
     """
     List the account's WhatsApp senders, filter and order them, and push them to XCom.
 
     Returns (XCom ``return_value``) a list of sender dicts with the API's fields, ready for
     dynamic task mapping (``send.expand(sender=list_senders.output)``), and pushes their ids
-    under the XCom key ``sender_ids``.
+    under the XCom key ``sender_ids``; with ``do_xcom_push=False`` it pushes nothing.
 
     :param famulor_conn_id: the Famulor connection.
     :param status: ``online`` (default), ``offline`` or ``all``.
     :param quality_ratings: keep only these ratings (e.g. ``["GREEN", "YELLOW"]``; ``None`` in the
-        list keeps senders that are not rated yet).
+        list keeps senders that are not rated yet). Default ``None``: no filter, RED included,
+        because this is an inventory (``WhatsAppSenderSensor``, which asks whether a sender can
+        send, leaves RED out by default).
     :param min_messaging_limit: keep senders that can reach at least this many recipients per
         24 h; unlimited senders always pass.
     :param sender_ids: keep only these sender ids.
@@ -146,20 +106,26 @@ class ListWhatsAppSendersOperator(FamulorOperator):
         self.if_empty = if_empty
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from famulor_provider.log_tables import sender_table
+        from famulor_provider.models import SenderCriteria, order_by_capacity
+
+        status = check_choice("status", self.status, SENDER_STATUS_CHOICES)
         if_empty = check_choice("if_empty", self.if_empty, IF_EMPTY_CHOICES)
-        order_by = check_choice("order_by", none_if_blank(self.order_by), ORDER_BY_CHOICES)
+        order_by = check_choice(
+            "order_by", None if is_blank(self.order_by) else self.order_by, ORDER_BY_CHOICES
+        )
         criteria = SenderCriteria.parse(
             quality_ratings=self.quality_ratings,
             min_messaging_limit=self.min_messaging_limit,
             sender_ids=self.sender_ids,
             phone_numbers=self.phone_numbers,
         )
-        senders = criteria.select(self.hook.list_whatsapp_senders(status=self.status))
+        senders = criteria.select(self.hook.list_whatsapp_senders(status=status))
         if order_by == "capacity":
             senders = order_by_capacity(senders)
 
         if not senders:
-            message = f"No WhatsApp sender with status {self.status!r} matches {criteria}"
+            message = f"No WhatsApp sender with status {status!r} matches {criteria}"
             if if_empty == "skip":
                 raise AirflowSkipException(message)
             if if_empty == "fail":
@@ -167,7 +133,8 @@ class ListWhatsAppSendersOperator(FamulorOperator):
             self.log.info("%s; pushing an empty list", message)
         else:
             self.log.info("Pushing %d WhatsApp sender(s):\n%s", len(senders), sender_table(senders))
-        context["ti"].xcom_push(key="sender_ids", value=[s.id for s in senders])
+        if self.do_xcom_push:
+            context["ti"].xcom_push(key="sender_ids", value=[s.id for s in senders])
         return [s.to_dict() for s in senders]
 
 
@@ -210,57 +177,7 @@ def send_failures(*, sending: bool = False) -> Iterator[None]:
         ) from err
 
 
-def template_table(templates: Iterable[WhatsAppTemplate]) -> str:
-    """A small fixed-width table of templates for the task log."""
-    rows = [("id", "name", "language", "category", "status", "variables")]
-    rows += [
-        (
-            str(t.id),
-            t.name,
-            t.language or "",
-            t.category or "",
-            t.status or "",
-            ",".join(map(str, t.variables)),
-        )
-        for t in templates
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
-def _same_language(template: WhatsAppTemplate, language: str | None) -> bool:
-    return language is None or (template.language or "").lower() == language.strip().lower()
-
-
-def find_approved_template(
-    templates: Iterable[WhatsAppTemplate], name: str, language: str | None, sender_id: int
-) -> WhatsAppTemplate:
-    """The one approved template called ``name`` (in ``language``), else a ``FamulorValidationError``.
-
-    :param templates: the sender's templates (any status).
-    :param name: the template's name.
-    :param language: its language (e.g. ``en``); needed when the name is approved in several.
-    :param sender_id: the sender, for the error message.
-    """
-    named = [t for t in templates if t.name == name and _same_language(t, language)]
-    approved = [t for t in named if t.is_approved]
-    where = f"template {name!r}" + (f" in language {language!r}" if language else "")
-    if len(approved) == 1:
-        return approved[0]
-    if approved:
-        languages = ", ".join(sorted(t.language or "?" for t in approved))
-        raise FamulorValidationError("language", f"{where} is approved in {languages}; pass language=")
-    if named:
-        statuses = ", ".join(sorted({t.status or "unknown" for t in named}))
-        raise FamulorValidationError(
-            "template_name", f"{where} of sender {sender_id} is {statuses}, not approved"
-        )
-    raise FamulorValidationError("template_name", f"sender {sender_id} has no {where}")
-
-
-class ListWhatsAppTemplatesOperator(FamulorOperator):
+class ListWhatsAppTemplatesOperator(FamulorHookMixin, BaseOperator):
     """
     List a sender's message templates and push them to XCom (a list of template dicts).
 
@@ -292,12 +209,15 @@ class ListWhatsAppTemplatesOperator(FamulorOperator):
         self.famulor_conn_id = famulor_conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        names = _as_list(self.names, "names")
-        language = self.language or None
+        from famulor_provider.log_tables import template_table
+        from famulor_provider.models import same_language
+
+        names = as_list(self.names, "names")
+        language = None if is_blank(self.language) else self.language
         templates = [
             t
             for t in self.hook.list_whatsapp_templates(self.sender_id, status=self.status)
-            if (names is None or t.name in names) and _same_language(t, language)
+            if (names is None or t.name in names) and same_language(t, language)
         ]
         self.log.info(
             "Pushing %d template(s) of sender %s:\n%s",
@@ -308,7 +228,7 @@ class ListWhatsAppTemplatesOperator(FamulorOperator):
         return [t.to_dict() for t in templates]
 
 
-class SendWhatsAppTemplateOperator(FamulorOperator):
+class SendWhatsAppTemplateOperator(FamulorHookMixin, BaseOperator):
     """
     Send one approved template message to one recipient; returns the message dict.
 
@@ -366,14 +286,6 @@ class SendWhatsAppTemplateOperator(FamulorOperator):
         self.famulor_conn_id = famulor_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from famulor_provider.hooks.famulor import (
-            MAX_RECIPIENT_NAME_CHARS,
-            check_id,
-            check_phone,
-            check_text,
-            check_variables,
-        )
-
         with send_failures():
             sender_id = check_id(self.sender_id, "sender_id")
             phone = check_phone(self.recipient_phone)
@@ -388,21 +300,10 @@ class SendWhatsAppTemplateOperator(FamulorOperator):
 
     def _template_id(self, sender_id: int) -> int:
         """The given ``template_id``, or the id of the approved template called ``template_name``."""
-        from famulor_provider.hooks.famulor import check_id
-
-        if (self.template_id is None) == (not self.template_name):
-            raise FamulorValidationError("template_id", "give either template_id or template_name (not both)")
-        if self.template_id is not None:
-            return check_id(self.template_id, "template_id")
-        templates = self.hook.list_whatsapp_templates(sender_id, status="all")
-        template = find_approved_template(
-            templates, str(self.template_name), self.language or None, sender_id
-        )
-        self.log.info("Template %r (%s) is id %s", template.name, template.language, template.id)
-        return template.id
+        return self.hook.resolve_template_id(sender_id, self.template_id, self.template_name, self.language)
 
 
-class SendWhatsAppFreeformOperator(FamulorOperator):
+class SendWhatsAppFreeformOperator(FamulorHookMixin, BaseOperator):
     """
     Send one free-form text inside the recipient's open 24-hour window; returns the message dict.
 
@@ -448,20 +349,12 @@ class SendWhatsAppFreeformOperator(FamulorOperator):
         self.famulor_conn_id = famulor_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from famulor_provider.hooks.famulor import (
-            MAX_MESSAGE_CHARS,
-            check_id,
-            check_phone,
-            check_text,
-            check_variables,
-        )
-
         with send_failures():
             sender_id = check_id(self.sender_id, "sender_id")
             phone = check_phone(self.recipient_phone)
             text = check_text(self.message, "message", MAX_MESSAGE_CHARS, required=True)
             fallback_id = None
-            if self.fallback_template_id not in (None, ""):
+            if not is_blank(self.fallback_template_id):
                 fallback_id = check_id(self.fallback_template_id, "fallback_template_id")
             fallback_variables = check_variables(self.fallback_variables, "fallback_variables")
         with send_failures(sending=True):

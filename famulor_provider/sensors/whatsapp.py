@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
@@ -19,27 +18,22 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from famulor_provider.exceptions import FamulorError, FamulorValidationError
-from famulor_provider.models import QualityRating, SenderCriteria
-from famulor_provider.operators.whatsapp import sender_table
+from famulor_provider.exceptions import FamulorError, FamulorValidationError, error_from_event
+from famulor_provider.hook_mixin import FamulorHookMixin
+from famulor_provider.validation import is_blank
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from airflow.providers.common.compat.sdk import Context
 
-    from famulor_provider.hooks.famulor import FamulorHook
+    from famulor_provider.models import SenderCriteria
 
 # Famulor syncs sender status with Meta every 5 minutes: polling faster learns nothing new.
 DEFAULT_POKE_INTERVAL = 300.0
 
 
-def _blank(value: Any) -> bool:
-    """Whether a (possibly rendered) argument means "not given": ``None`` or an empty string."""
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-class WhatsAppSenderSensor(BaseSensorOperator):
+class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
     """
     Wait until WhatsApp senders can send: online, a good quality rating, enough capacity.
 
@@ -61,7 +55,9 @@ class WhatsAppSenderSensor(BaseSensorOperator):
     :param sender_id: wait for this sender (the ``sender_id`` that sends take).
     :param phone_number: wait for the sender with this phone number (E.164).
     :param quality_ratings: acceptable quality ratings (``None`` in the list: not rated yet).
-        Default: every rating except ``RED``, unrated included.
+        Default: every rating except ``RED``, unrated included, because the sensor asks whether a
+        sender can send and a RED rating may restrict sending. (``ListWhatsAppSendersOperator``
+        is an inventory: there ``None`` means no filter, RED included.)
     :param min_messaging_limit: the 24 h messaging limit a sender needs at least; unlimited
         senders always pass.
     :param min_count: how many senders must match.
@@ -102,22 +98,18 @@ class WhatsAppSenderSensor(BaseSensorOperator):
         self.min_count = min_count
         self.deferrable = deferrable
 
-    @cached_property
-    def hook(self) -> FamulorHook:
-        from famulor_provider.hooks.famulor import FamulorHook
-
-        return FamulorHook(self.famulor_conn_id)
-
     def sender_criteria(self) -> SenderCriteria:
         """The (rendered) arguments as criteria; raises ``FamulorValidationError`` when invalid."""
-        ratings = None if _blank(self.quality_ratings) else self.quality_ratings
+        from famulor_provider.models import QualityRating, SenderCriteria
+
+        ratings = None if is_blank(self.quality_ratings) else self.quality_ratings
         return SenderCriteria.parse(
             online_only=True,
             quality_ratings=ratings,
             excluded_quality_ratings=(QualityRating.RED,) if ratings is None else (),
             min_messaging_limit=self.min_messaging_limit,
-            sender_ids=None if _blank(self.sender_id) else [self.sender_id],
-            phone_numbers=None if _blank(self.phone_number) else [self.phone_number],
+            sender_ids=None if is_blank(self.sender_id) else [self.sender_id],
+            phone_numbers=None if is_blank(self.phone_number) else [self.phone_number],
         )
 
     def _min_count(self) -> int:
@@ -125,7 +117,7 @@ class WhatsAppSenderSensor(BaseSensorOperator):
         text = str(self.min_count).strip()
         if isinstance(self.min_count, bool) or not text.isdigit() or int(text) < 1:
             raise FamulorValidationError("min_count", f"expected a whole number >= 1, got {self.min_count!r}")
-        if int(text) > 1 and not (_blank(self.sender_id) and _blank(self.phone_number)):
+        if int(text) > 1 and not (is_blank(self.sender_id) and is_blank(self.phone_number)):
             raise FamulorValidationError(
                 "min_count", f"{text} can never match: sender_id / phone_number select one sender"
             )
@@ -137,18 +129,18 @@ class WhatsAppSenderSensor(BaseSensorOperator):
         return bool(self.deferrable)
 
     def poke(self, context: Context) -> PokeReturnValue:
+        from famulor_provider.log_tables import sender_table
+        from famulor_provider.models import matching_senders
+        from famulor_provider.transport import is_retryable_read
+
         criteria, min_count = self.sender_criteria(), self._min_count()
         try:
             senders = self.hook.list_whatsapp_senders(status="all")
         except FamulorError as err:
-            from famulor_provider.hooks.famulor import is_retryable_read
-
             if not is_retryable_read(err):
                 raise
             self.log.warning("Famulor is unavailable for now (%s); still waiting", err)
             return PokeReturnValue(is_done=False)
-        from famulor_provider.triggers.whatsapp import matching_senders
-
         matching = matching_senders(criteria, senders, self.famulor_conn_id)
         if len(matching) >= min_count:
             self.log.info("%d WhatsApp sender(s) match:\n%s", len(matching), sender_table(matching))
@@ -200,7 +192,5 @@ class WhatsAppSenderSensor(BaseSensorOperator):
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
         if status == "error":
-            from famulor_provider.triggers.whatsapp import error_from_event
-
             raise error_from_event(event)
         raise FamulorError(f"WhatsAppSenderTrigger sent an unexpected event: {event!r}")

@@ -8,104 +8,57 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from famulor_provider import exceptions
-from famulor_provider.exceptions import FamulorError, FamulorSenderNotFoundError
-from famulor_provider.models import SenderCriteria, WhatsAppSender, normalize_phone
+from famulor_provider.exceptions import FamulorError, FamulorTimeoutError, error_event
+from famulor_provider.get_provider_info import DEFAULT_TIMEOUT
+from famulor_provider.models import SenderCriteria, WhatsAppSender, matching_senders
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Mapping
 
 DEFAULT_POLL_INTERVAL = 300.0  # Famulor syncs sender status with Meta every 5 minutes
 MIN_POLL_INTERVAL = 0.1  # a floor, so that a poll interval of 0 cannot become a hot loop
-ERROR_FIELDS = ("status_code", "error_code", "field")
-
-
-def matching_senders(
-    criteria: SenderCriteria, senders: Iterable[WhatsAppSender], famulor_conn_id: str
-) -> list[WhatsAppSender]:
-    """
-    The senders that match ``criteria``; fail when a wanted id or number is not in the account.
-
-    A typo in ``sender_id`` must fail at once, not wait for days: it is told apart from an
-    offline sender because the senders come from ``status=all``.
-
-    :param criteria: what a sender must be.
-    :param senders: every sender of the account (``status=all``).
-    :param famulor_conn_id: the connection, named in the error.
-    """
-    senders = list(senders)
-    ids = {s.id for s in senders}
-    phones = {normalize_phone(s.phone_number) for s in senders}
-    missing = [f"sender_id {i}" for i in criteria.sender_ids or () if i not in ids]
-    missing += [f"phone_number {p}" for p in criteria.phone_numbers or () if p not in phones]
-    if not missing and criteria.sender_ids and criteria.phone_numbers:
-        both = SenderCriteria(sender_ids=criteria.sender_ids, phone_numbers=criteria.phone_numbers)
-        if not both.select(senders):
-            ids_text = "/".join(str(i) for i in criteria.sender_ids)
-            missing = [
-                f"a sender with sender_id {ids_text} and phone_number {'/'.join(criteria.phone_numbers)}"
-            ]
-    if missing:
-        known = ", ".join(f"{s.id} ({s.phone_number})" for s in senders) or "none"
-        raise FamulorSenderNotFoundError(
-            "sender_id" if "sender_id" in missing[0] else "phone_number",
-            f"{' and '.join(missing)} not found among the WhatsApp senders of connection "
-            f"{famulor_conn_id!r} (its senders: {known})",
-        )
-    return criteria.select(senders)
-
-
-def error_event(error: BaseException) -> dict[str, Any]:
-    """The terminal event payload of a failed trigger: the typed error's name, message and fields."""
-    payload: dict[str, Any] = {"status": "error", "error_type": type(error).__name__, "message": str(error)}
-    if isinstance(error, FamulorError):
-        # Instance attributes only: AirflowException has a class-level ``status_code`` default.
-        payload.update({name: error.__dict__[name] for name in ERROR_FIELDS if name in error.__dict__})
-    return payload
-
-
-def error_from_event(event: Mapping[str, Any]) -> FamulorError:
-    """Rebuild the typed error of an :func:`error_event` payload, for ``execute_complete`` to raise."""
-    error_type = str(event.get("error_type") or "FamulorError")
-    message = str(event.get("message") or "the trigger failed without a message")
-    cls = getattr(exceptions, error_type, None)
-    if not (isinstance(cls, type) and issubclass(cls, FamulorError)):
-        return FamulorError(f"{error_type}: {message}")
-    # The error classes take different constructor arguments; the message is already complete,
-    # so build the instance without __init__ and restore its fields.
-    error = cls.__new__(cls, message)
-    for name in ERROR_FIELDS:
-        if name in event:
-            setattr(error, name, event[name])
-    return error
 
 
 # ---------------------------------------------------------------------------------------------
 # Coalescing: triggers in one triggerer that poll the same connection share one request.
 
 
-@dataclass
 class _SharedListing:
-    """One listing of a connection's senders, in flight or done, shared by every trigger polling it."""
+    """One listing of a connection's senders, in flight or done, shared by every trigger polling it.
 
-    task: asyncio.Task[list[WhatsAppSender]]
-    started_at: float  # loop.time() when the request started
+    ``deadline`` (loop time) is when an unfinished listing counts as stalled: nobody joins it
+    after that. It is the connection's ``timeout`` after the start, once the connection is read.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, famulor_conn_id: str, status: str) -> None:
+        self.started_at = loop.time()
+        self.deadline = self.started_at + DEFAULT_TIMEOUT
+        self.task: asyncio.Task[list[WhatsAppSender]] = loop.create_task(self._list(famulor_conn_id, status))
+        self.task.add_done_callback(_retrieve_exception)
+
+    async def _list(self, famulor_conn_id: str, status: str) -> list[WhatsAppSender]:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        hook = FamulorHook(famulor_conn_id)
+        config = await hook.aget_config()
+        self.deadline = self.started_at + config.deadline
+        # One attempt: the trigger's own poll loop is the retry, so no listing outlives its deadline.
+        return await hook.alist_whatsapp_senders(status=status, max_retries=0)
+
+    def reusable(self, now: float, max_age: float) -> bool:
+        """Whether a caller may join it (in flight, not stalled) or reuse its result (young enough)."""
+        if not self.task.done():
+            return now < self.deadline
+        return not self.task.cancelled() and now - self.started_at < max_age
 
 
 # Keyed by event loop (the triggerer runs one; tests make new ones), connection and status query.
 _listings: dict[tuple[asyncio.AbstractEventLoop, str, str], _SharedListing] = {}
-
-
-async def _list_senders(famulor_conn_id: str, status: str) -> list[WhatsAppSender]:
-    from famulor_provider.hooks.famulor import FamulorHook
-
-    return await FamulorHook(famulor_conn_id).alist_whatsapp_senders(status=status)
 
 
 def _retrieve_exception(task: asyncio.Task[Any]) -> None:
@@ -132,15 +85,17 @@ async def shared_senders(
     loop = asyncio.get_running_loop()
     key = (loop, famulor_conn_id, status)
     listing = _listings.get(key)
-    if listing is None or (
-        listing.task.done() and (listing.task.cancelled() or loop.time() - listing.started_at >= max_age)
-    ):
+    if listing is None or not listing.reusable(loop.time(), max_age):
         for stale in [k for k in _listings if k[0].is_closed()]:
             del _listings[stale]
-        task = loop.create_task(_list_senders(famulor_conn_id, status))
-        task.add_done_callback(_retrieve_exception)
-        listing = _listings[key] = _SharedListing(task, loop.time())
-    return await asyncio.shield(listing.task)
+        listing = _listings[key] = _SharedListing(loop, famulor_conn_id, status)
+    try:
+        return await asyncio.wait_for(asyncio.shield(listing.task), max(0.0, listing.deadline - loop.time()))
+    except asyncio.TimeoutError:
+        raise FamulorTimeoutError(
+            f"GET /user/whatsapp/senders of connection {famulor_conn_id!r}: the shared request got "
+            "no complete answer by its deadline"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +109,9 @@ class WhatsAppSenderTrigger(BaseTrigger):
     request with the other triggers of the same connection in this triggerer. Yields exactly
     one event: ``{"status": "success", "senders": [...]}``, ``{"status": "error", "error_type",
     "message", ...}`` for an error that waiting cannot fix (auth, unknown sender), or
-    ``{"status": "timeout", "message", "senders"}`` at ``end_time``. Transient faults (429,
-    5xx, timeouts, after the hook's retries) are logged and polling goes on.
+    ``{"status": "timeout", "message", "senders"}`` at ``end_time``, even while a request hangs.
+    Each poll is one attempt within the connection's ``timeout``; transient faults (429, 5xx,
+    timeouts) are logged and the next poll is the retry.
 
     :param famulor_conn_id: the Famulor connection.
     :param criteria: a :class:`SenderCriteria` or its ``to_dict()``.
@@ -203,10 +159,11 @@ class WhatsAppSenderTrigger(BaseTrigger):
         return None if self.end_time is None else self.end_time - time.time()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from famulor_provider.hooks.famulor import is_retryable_read
+        from famulor_provider.transport import MAX_RETRY_AFTER, is_retryable_read
 
         matching: list[WhatsAppSender] = []
         while True:
+            wait = self.poll_interval
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
                 yield TriggerEvent(
@@ -231,6 +188,9 @@ class WhatsAppSenderTrigger(BaseTrigger):
                     yield TriggerEvent(error_event(err))
                     return
                 self.log.warning("Famulor is unavailable for now (%s); still waiting", err)
+                retry_after = getattr(err, "retry_after", None)
+                if retry_after is not None:  # the API said when: polling sooner only earns another 429
+                    wait = max(wait, min(float(retry_after), MAX_RETRY_AFTER))
             except Exception as err:
                 yield TriggerEvent(error_event(err))
                 return
@@ -246,6 +206,4 @@ class WhatsAppSenderTrigger(BaseTrigger):
                     self.poll_interval,
                 )
             remaining = self._remaining()
-            await asyncio.sleep(
-                self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
-            )
+            await asyncio.sleep(wait if remaining is None else max(0.0, min(wait, remaining)))

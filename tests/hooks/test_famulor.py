@@ -25,7 +25,8 @@ from famulor_provider.exceptions import (
     FamulorTimeoutError,
     FamulorValidationError,
 )
-from famulor_provider.hooks.famulor import MAX_RETRY_AFTER, FamulorHook
+from famulor_provider.hooks.famulor import FamulorHook
+from famulor_provider.transport import MAX_RETRY_AFTER
 
 KEY = "sk-test-4f1c9a77e2"
 BASE = "https://app.famulor.de/api"
@@ -93,7 +94,7 @@ def test_defaults_from_json_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch)
     config = FamulorHook().config
     assert config.base_url == BASE
-    assert config.timeout == (10.0, 30.0)
+    assert (config.connect_timeout, config.deadline) == (10.0, 30.0)
     assert config.max_retries == 5
     assert config.verify_ssl is True
     assert KEY not in repr(config)
@@ -106,7 +107,7 @@ def test_uri_connection_with_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     config = FamulorHook("famulor_wl").config
     assert config.base_url == "https://call.aiployees.com/api"
-    assert config.timeout == (7.5, 7.5)
+    assert (config.connect_timeout, config.deadline) == (7.5, 7.5)
     assert config.max_retries == 2
     assert config.verify_ssl is False
     with requests_mock.Mocker() as m:
@@ -118,7 +119,7 @@ def test_uri_connection_with_extras(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hook_arguments_override_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, extra={"timeout": 5, "max_retries": 4})
     config = FamulorHook(timeout=12, max_retries=0).config
-    assert config.timeout == (10.0, 12.0)
+    assert (config.connect_timeout, config.deadline) == (10.0, 12.0)
     assert config.max_retries == 0
 
 
@@ -177,7 +178,7 @@ def test_verify_ssl_spellings(monkeypatch: pytest.MonkeyPatch, value: Any, expec
 def test_form_prefixed_extras_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, extra={"extra__famulor__timeout": "9", "extra__famulor__verify_ssl": False})
     config = FamulorHook().config
-    assert (config.read_timeout, config.verify_ssl) == (9.0, False)
+    assert (config.deadline, config.verify_ssl) == (9.0, False)
 
 
 # -- requests --------------------------------------------------------------------------------------

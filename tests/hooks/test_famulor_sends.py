@@ -27,8 +27,9 @@ from famulor_provider.exceptions import (
     FamulorTemplateError,
     FamulorValidationError,
 )
-from famulor_provider.hooks.famulor import SEND_INTERVAL, FamulorHook, SendPacer
+from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.models import WhatsAppMessage, WhatsAppSessionStatus, WhatsAppTemplate
+from famulor_provider.pacing import SEND_INTERVAL, SendPacer
 from famulor_provider.testing import FamulorSandbox
 
 KEY = "sk-test-4f1c9a77e2"

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from famulor_provider.exceptions import FamulorValidationError
+from famulor_provider.log_tables import sender_table
 from famulor_provider.models import WhatsAppSender
-from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, sender_table
+from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator
 from famulor_provider.testing import SANDBOX_API_KEY
 
 if TYPE_CHECKING:

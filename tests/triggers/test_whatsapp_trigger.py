@@ -16,17 +16,14 @@ from famulor_provider.exceptions import (
     FamulorError,
     FamulorSenderNotFoundError,
     FamulorValidationError,
+    error_event,
+    error_from_event,
 )
 from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.models import SenderCriteria
 from famulor_provider.testing import SANDBOX_API_KEY
 from famulor_provider.triggers import whatsapp as trigger_module
-from famulor_provider.triggers.whatsapp import (
-    WhatsAppSenderTrigger,
-    error_event,
-    error_from_event,
-    shared_senders,
-)
+from famulor_provider.triggers.whatsapp import WhatsAppSenderTrigger, shared_senders
 
 SENDERS_PATH = "/api/user/whatsapp/senders"
 # What the sensor sends by default: online, any rating but RED.
@@ -262,7 +259,7 @@ def test_an_html_answer_is_an_error_event(famulor_sandbox: Any) -> None:
     ("fault", "fault_kwargs"),
     [
         ("status", {"status": 503}),
-        ("status", {"status": 429, "retry_after": 7}),
+        ("status", {"status": 429, "retry_after": 0.4}),
         ("drop", {}),
     ],
 )
@@ -274,18 +271,22 @@ def test_transient_faults_keep_polling(
     fault: str,
     fault_kwargs: dict[str, Any],
 ) -> None:
-    # The sandbox connection allows 2 retries: 3 faults fail one whole poll.
-    famulor_sandbox.inject(fault, path="/user/whatsapp/senders", times=3, **fault_kwargs)
+    # Each poll is one attempt (the poll loop is the retry): 2 faults fail the first 2 polls.
+    famulor_sandbox.inject(fault, path="/user/whatsapp/senders", times=2, **fault_kwargs)
 
     with caplog.at_level(logging.WARNING):
         events = run_trigger(make_trigger(poll_interval=0.05))
 
     assert [e["status"] for e in events] == ["success"]
     assert [s["id"] for s in events[0]["senders"]] == [12, 15, 21]
-    assert len(sender_requests(famulor_sandbox)) == 4
-    assert len(retry_sleeps) == 2
+    polls = sender_requests(famulor_sandbox)
+    assert len(polls) == 3
+    assert retry_sleeps == []  # no retries inside a poll
+    gaps = [b.monotonic - a.monotonic for a, b in zip(polls, polls[1:])]
     if "retry_after" in fault_kwargs:
-        assert retry_sleeps == [7.0, 7.0]  # the API's Retry-After
+        assert min(gaps) >= 0.4  # the API's Retry-After beats the shorter poll interval
+    else:
+        assert max(gaps) < 0.4
     # Airflow 3 logs triggers through structlog (stdout), Airflow 2 through logging.
     assert "Famulor is unavailable for now" in caplog.text + capsys.readouterr().out
 
@@ -312,8 +313,8 @@ def test_a_lasting_outage_polls_at_the_interval_not_in_a_hot_loop(
     events = run_trigger(make_trigger(poll_interval=0.1, timeout=0.5))
 
     assert [e["status"] for e in events] == ["timeout"]
-    # About 5 polls of 3 attempts each (the hook's retries); a hot loop would send hundreds.
-    assert 3 <= len(sender_requests(famulor_sandbox)) <= 21
+    # About 5 polls of one attempt each; a hot loop would send hundreds.
+    assert 2 <= len(sender_requests(famulor_sandbox)) <= 7
 
 
 # -- error events ------------------------------------------------------------------------------

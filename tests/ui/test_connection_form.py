@@ -464,7 +464,7 @@ def test_hook_reads_what_the_form_saved(
 
     hook = FamulorHook(conn_id)
     assert hook.config.base_url == sandbox_process.base_url
-    assert hook.config.read_timeout == read_timeout
+    assert hook.config.deadline == read_timeout
     assert hook.config.max_retries == max_retries
     assert hook.config.verify_ssl is verify_ssl
     senders = hook.list_whatsapp_senders()

@@ -1,0 +1,455 @@
+"""How a request travels: deadlines, the rule for "may have been sent", error mapping, retries.
+
+One rule (:func:`transport_error`) decides whether a failed request may have reached the API:
+only a failure that proves the request was never written counts as not sent: DNS failure,
+connection refused, connect timeout (by their error types), or a failure on a connection the
+transport watched before writing began (a TLS handshake or certificate failure). Both transports
+report how far they got: ``requests`` through connection classes that note when writing begins,
+``httpx`` through its trace hook. Without such a report (a mocked transport), anything but a
+connect failure counts as "may have been sent".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import requests
+import tenacity
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from famulor_provider.exceptions import (
+    FamulorAPIError,
+    FamulorAuthError,
+    FamulorConnectionError,
+    FamulorError,
+    FamulorInsufficientBalanceError,
+    FamulorInvalidPhoneError,
+    FamulorRateLimitError,
+    FamulorResponseError,
+    FamulorSenderOfflineError,
+    FamulorSessionExpiredError,
+    FamulorTemplateError,
+    FamulorTimeoutError,
+)
+from famulor_provider.get_provider_info import DEFAULT_BASE_URL
+
+if TYPE_CHECKING:
+    import httpx
+
+    from famulor_provider.connection import FamulorConnectionConfig
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# One attempt: its deadline, and whether the request began to be written.
+
+
+class Attempt:
+    """One try of one request: a total deadline, and how far it got.
+
+    :param deadline: seconds the whole attempt may take, connecting included.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.tracked = False  # the transport reported its progress for this attempt
+        self.request_started = False  # the first byte of the request may have been written
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = False
+
+    def watch(self, sock: socket.socket) -> None:
+        """Close ``sock`` when the deadline passes (at once if it already has)."""
+        with self._lock:
+            self.tracked = True
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def expire(self) -> None:
+        """The deadline passed: cut the attempt's connections, so a blocked read returns now."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket's own method: an SSLSocket's would drop its TLS state under a reader.
+    with contextlib.suppress(OSError):  # already closed
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_current = threading.local()
+
+
+def _current_attempt() -> Attempt | None:
+    return getattr(_current, "attempt", None)
+
+
+@contextmanager
+def sync_attempt(deadline: float) -> Iterator[Attempt]:
+    """Run one ``requests`` attempt in this thread under a total deadline."""
+    attempt = Attempt(deadline)
+    timer = threading.Timer(deadline, attempt.expire)
+    timer.daemon = True
+    _current.attempt = attempt
+    timer.start()
+    try:
+        yield attempt
+    finally:
+        attempt.finish()
+        timer.cancel()
+        _current.attempt = None
+
+
+class _DeadlineConnectionMixin:
+    """Registers the socket with the thread's current attempt and notes when writing begins."""
+
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        attempt = _current_attempt()
+        if attempt is not None:
+            attempt.watch(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is None:  # plain http connects inside request(): connect first, so a
+            self.connect()  # type: ignore[attr-defined]  # refusal is told from a write failure
+        attempt = _current_attempt()
+        if attempt is not None:
+            if self.sock is not None:
+                attempt.watch(self.sock)
+            attempt.request_started = True
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_DeadlineConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """A ``requests`` adapter whose connections obey :func:`sync_attempt` deadlines."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _HTTPConnectionPool,
+            "https": _HTTPSConnectionPool,
+        }
+
+
+def new_session(headers: Mapping[str, str]) -> requests.Session:
+    """A keep-alive ``requests`` session with deadline-aware connections and the given headers."""
+    session = requests.Session()
+    adapter = DeadlineAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update(headers)
+    return session
+
+
+def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
+    """An httpx ``trace`` extension that notes when the request begins to be written."""
+
+    async def trace(event_name: str, info: Mapping[str, Any]) -> None:
+        attempt.tracked = True
+        if event_name.endswith(".send_request_headers.started"):
+            attempt.request_started = True
+
+    return trace
+
+
+def transport_error(
+    endpoint: str,
+    config: FamulorConnectionConfig,
+    attempt: Attempt,
+    *,
+    timed_out: bool,
+    connect_failure: bool,
+    cause: str,
+) -> FamulorConnectionError:
+    """The one rule for a failed attempt: "not sent" only when it is proven.
+
+    :param endpoint: ``METHOD /path``, for the message.
+    :param config: the connection (base URL, deadline; scrubs the key).
+    :param attempt: how far the attempt got.
+    :param timed_out: the transport reported a timeout (connect or read).
+    :param connect_failure: the transport's error type proves no connection was made (DNS
+        failure, connection refused, connect timeout).
+    :param cause: the transport's error class name, for the message.
+    """
+    where = f"{endpoint} to {config.base_url}"
+    sent = not connect_failure and (attempt.request_started or not attempt.tracked)
+    if attempt.expired:
+        text = f"no complete answer within the {config.deadline:g} s deadline"
+    elif not sent:
+        text = (
+            f"no connection within {config.connect_timeout:g} s"
+            if timed_out
+            else "could not connect (nothing was sent)"
+        )
+    elif timed_out:
+        text = f"no answer within {config.deadline:g} s after the request was sent"
+    else:
+        text = "the connection broke after the request may have been sent"
+    error_class = FamulorTimeoutError if timed_out or attempt.expired else FamulorConnectionError
+    return error_class(config.scrub(f"{where}: {text} ({cause})"), request_sent=sent)
+
+
+def requests_connect_failure(err: requests.RequestException) -> bool:
+    """Whether a ``requests`` error proves that no connection was made."""
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)  # also DNS failures
+
+
+def httpx_connect_failure(err: BaseException) -> bool:
+    """Whether an ``httpx`` error proves that no connection was made."""
+    import httpx
+
+    return isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers and errors.
+
+
+def retry_after_seconds(headers: Mapping[str, str], body: Any) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date) or a body ``retry_after``."""
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    if isinstance(body, Mapping):
+        retry_after = body.get("retry_after")
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+            return max(0.0, float(retry_after))
+    return None
+
+
+def _error_detail(body: Any) -> tuple[str, str | None]:
+    """One readable message and the ``error_code`` from any of the API's error body shapes."""
+    if not isinstance(body, Mapping):
+        return "", None
+    parts: list[str] = []
+    for key in ("error", "message"):
+        value = body.get(key)
+        if isinstance(value, str) and value and value not in parts:
+            parts.append(value)
+    errors = body.get("errors")
+    if isinstance(errors, Mapping):
+        for name, messages in errors.items():
+            texts = messages if isinstance(messages, list) else [messages]
+            parts.append(f"{name}: {'; '.join(str(t) for t in texts)}")
+    code = body.get("error_code")
+    return " - ".join(parts), code if isinstance(code, str) and code else None
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+# The API's error codes that have their own error class. The code decides, not the status:
+# SENDER_OFFLINE is a 422 on /send and a 503 on /send-freeform.
+ERROR_CODE_ERRORS: dict[str, type[FamulorAPIError]] = {
+    "SENDER_OFFLINE": FamulorSenderOfflineError,
+    "INSUFFICIENT_BALANCE": FamulorInsufficientBalanceError,
+    "SESSION_EXPIRED": FamulorSessionExpiredError,
+    "TEMPLATE_NOT_FOUND": FamulorTemplateError,
+    "TEMPLATE_NOT_APPROVED": FamulorTemplateError,
+    "TEMPLATE_NOT_SYNCED": FamulorTemplateError,
+    "TEMPLATE_MISMATCH": FamulorTemplateError,
+    "INVALID_PHONE": FamulorInvalidPhoneError,
+}
+
+
+def error_for_status(
+    endpoint: str, status: int, headers: Mapping[str, str], body: bytes, config: FamulorConnectionConfig
+) -> FamulorError:
+    """Map an HTTP error answer to the typed error; the message never holds the API key."""
+    payload = _load_json(body)
+    detail, code = _error_detail(payload)
+    message = f"{endpoint} failed with HTTP {status}"
+    if code:
+        message += f" [{code}]"
+    message += f": {detail}" if detail else " (no JSON error body)"
+    error_class = ERROR_CODE_ERRORS.get(code or "")
+    if error_class is None and status == 402:
+        error_class = FamulorInsufficientBalanceError
+    if error_class is not None:
+        return error_class(config.scrub(message), status_code=status, error_code=code)
+    if status in (401, 403):
+        hint = (
+            "the API key is invalid or expired"
+            if status == 401
+            else "the API key lacks permission for this endpoint"
+        )
+        message = message.rstrip(".") + (
+            f". Check the API key of connection {config.conn_id!r}: {hint} "
+            "(Famulor Classic keys only; Platform 2.0 'fam_' keys do not work here)"
+        )
+        return FamulorAuthError(config.scrub(message), status_code=status, error_code=code)
+    if status == 429:
+        retry_after = retry_after_seconds(headers, payload)
+        if retry_after is not None:
+            message += f" (retry after {retry_after:.0f} s)"
+        return FamulorRateLimitError(config.scrub(message), error_code=code, retry_after=retry_after)
+    if 300 <= status < 400:
+        message = (
+            f"{endpoint} was redirected (HTTP {status}); the Base URL {config.base_url} "
+            "does not look like the Famulor API (e.g. https://app.famulor.de/api)"
+        )
+    return FamulorAPIError(config.scrub(message), status_code=status, error_code=code)
+
+
+def parse_response(
+    endpoint: str, status: int, headers: Mapping[str, str], body: bytes, config: FamulorConnectionConfig
+) -> Any:
+    """Return the JSON of a 2xx answer, or raise the typed error for anything else."""
+    if not 200 <= status < 300:
+        raise error_for_status(endpoint, status, headers, body, config)
+    payload = _load_json(body)
+    if payload is None:
+        content_type = headers.get("Content-Type") or headers.get("content-type") or ""
+        kind = "HTML" if "html" in content_type or body.lstrip()[:1] == b"<" else "a body that is not JSON"
+        raise FamulorResponseError(
+            f"{endpoint} answered HTTP {status} with {kind}; check that the Base URL of connection "
+            f"{config.conn_id!r} ({config.base_url}) is the Famulor API, e.g. {DEFAULT_BASE_URL}"
+        )
+    return payload
+
+
+def data_list(endpoint: str, payload: Any) -> list[Any]:
+    """The ``data`` list of a listing answer."""
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    if not isinstance(data, list):
+        raise FamulorResponseError(f"{endpoint} answered without a 'data' list")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry policy: shared by the sync and the async path.
+
+
+def is_retryable_read(error: BaseException) -> bool:
+    """A read (GET) is retried on connection errors, timeouts, 408, 429 and 5xx."""
+    if isinstance(error, FamulorConnectionError | FamulorRateLimitError):
+        return True
+    return (
+        isinstance(error, FamulorAPIError)
+        and not isinstance(error, FamulorAuthError)
+        and (error.status_code >= 500 or error.status_code == 408)
+    )
+
+
+def is_retryable_send(error: BaseException) -> bool:
+    """A send is retried only where the API cannot have accepted it: 429, or never sent."""
+    if isinstance(error, FamulorRateLimitError):
+        return True
+    return isinstance(error, FamulorConnectionError) and not error.request_sent
+
+
+def may_have_sent(error: BaseException) -> bool:
+    """Whether a failed send may still have been accepted (and billed) by the API.
+
+    True when the request went out and no answer says it was refused: a deadline or read
+    timeout, a connection broken after sending, a 5xx without a documented error code, or a
+    success answer that cannot be read. A 4xx (or a mapped error code) is a refusal.
+    """
+    if isinstance(error, FamulorConnectionError):
+        return error.request_sent
+    if isinstance(error, FamulorResponseError):
+        return True
+    return type(error) is FamulorAPIError and error.status_code >= 500
+
+
+_backoff = tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
+
+
+def retry_wait(retry_state: tenacity.RetryCallState) -> float:
+    """Honour the API's Retry-After (capped); otherwise exponential backoff with jitter."""
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        return float(min(retry_after, MAX_RETRY_AFTER))
+    return float(_backoff(retry_state))
+
+
+def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    log.warning("%s; retry %d in %.1f s", error, retry_state.attempt_number, wait)
+
+
+def retry_policy(
+    max_retries: int, retryable: Callable[[BaseException], bool], sleep: Callable[[float], Any]
+) -> dict[str, Any]:
+    """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying``: at most ``max_retries + 1`` tries."""
+    return {
+        "stop": tenacity.stop_after_attempt(max_retries + 1),
+        "retry": tenacity.retry_if_exception(retryable),
+        "wait": retry_wait,
+        "sleep": sleep,
+        "before_sleep": _log_retry,
+        "reraise": True,
+    }
+
+
+async def run_with_deadline(attempt: Attempt, request: Awaitable[httpx.Response]) -> httpx.Response:
+    """Await an httpx request, cancelled when the attempt's deadline passes."""
+    try:
+        return await asyncio.wait_for(request, attempt.deadline)
+    except asyncio.TimeoutError:
+        attempt.expired = True
+        raise
