@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from famulor_provider import __version__
 from famulor_provider.exceptions import FamulorValidationError
 from famulor_provider.get_provider_info import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from famulor_provider.validation import check_flag
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,17 +59,6 @@ def _extra(conn: Connection, name: str) -> Any:
     extra = conn.extra_dejson
     value = extra.get(name, extra.get(f"extra__famulor__{name}"))
     return None if value in ("", None) else value
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y", "on"):  # "y": Airflow 2.11's form sends a ticked box so
-        return True
-    if text in ("false", "0", "no", "n", "off"):
-        return False
-    raise FamulorValidationError(name, f"expected true or false, got {value!r}")
 
 
 def _as_number(value: Any, name: str, kind: Callable[[Any], T]) -> T:
@@ -143,5 +133,5 @@ def connection_config(
         max_retries=DEFAULT_MAX_RETRIES
         if max_retries is None
         else _as_number(max_retries, "max_retries", int),
-        verify_ssl=True if verify_ssl is None else _as_bool(verify_ssl, "verify_ssl"),
+        verify_ssl=True if verify_ssl is None else check_flag(verify_ssl, "verify_ssl"),
     )

@@ -67,6 +67,39 @@ def check_optional_int(value: Any, name: str, *, minimum: int) -> int | None:
     return number
 
 
+def check_positive_number(value: Any, name: str) -> float | None:
+    """A number above 0 (rendered text is fine), or ``None`` when blank.
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    """
+    if is_blank(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FamulorValidationError(name, f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not number > 0:
+        raise FamulorValidationError(name, f"must be more than 0, got {value!r}")
+    return number
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """True or false, also as text: ``"true"``/``"false"``, ``"1"``/``"0"``, ``"y"``/``"n"`` ...
+
+    :param value: the value to check.
+    :param name: the argument's name, for the error.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):  # "y": Airflow 2.11's form sends a ticked box so
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise FamulorValidationError(name, f"expected true or false, got {value!r}")
+
+
 def check_id(value: Any, name: str) -> int:
     """A positive integer id (digit strings, as templates render them, are accepted).
 

@@ -28,8 +28,10 @@ from famulor_provider.validation import (
     MAX_RECIPIENT_NAME_CHARS,
     as_list,
     check_choice,
+    check_flag,
     check_id,
     check_phone,
+    check_positive_number,
     check_text,
     check_variables,
     is_blank,
@@ -372,3 +374,207 @@ class SendWhatsAppFreeformOperator(FamulorHookMixin, BaseOperator):
                     sender_id, fallback_id, phone, variables=fallback_variables
                 )
         return message.to_dict()
+
+
+class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
+    """
+    Send one approved template to many recipients in one task, paced at the account's limit.
+
+    Every recipient is checked and deduplicated (by normalized phone) before the first send. A
+    durable ledger (one JSON Lines file per task instance, under ``ledger_path``) records each
+    recipient before and after its request, and every later try (a retry, a clear, a rerun after
+    the worker was killed) reads it first: a sent recipient is never sent again, one whose
+    outcome is unknown is not sent again unless ``resend_unknown``, a refused one is tried again.
+    Returns a summary dict (``recipients``, ``sent``, ``unknown``, ``failed``, ``invalid``,
+    ``duplicates``, ``ledger``, ...). When a recipient ended unknown or failed, the task fails
+    after every other recipient was tried; without retry when nothing left can be retried safely.
+
+    :param sender_id: the sender.
+    :param recipients: a list of dicts (``recipient_phone``, optional ``recipient_name`` and
+        ``variables``), e.g. an upstream task's output, or the path or URI of a CSV or JSON Lines
+        file (read through Airflow's ``ObjectStoragePath``, streamed). CSV: column
+        ``recipient_phone``, optional ``recipient_name``, every other column is a variable.
+    :param template_id: the approved template's id; or give ``template_name``.
+    :param template_name: the approved template's name, resolved once per campaign.
+    :param language: the template's language, when its name is approved in several.
+    :param ledger_path: the ledger folder (path or ``file://`` URI) on storage every worker sees;
+        default ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+    :param max_sends_per_second: the account's send limit (default ``None``: the documented 5/s).
+    :param invalid_recipients: ``"fail"`` (default: send nothing if any row is invalid) or ``"skip"``.
+    :param resend_unknown: send again to recipients whose outcome an earlier try could not know.
+    :param offline_timeout: seconds to wait for an offline sender before failing (a retry resumes).
+    :param check_messaging_limit: fail before sending when the sender's 24 h limit of unique
+        recipients is smaller than the campaign.
+    :param recipients_conn_id: the Airflow connection for a remote recipients file (``s3://`` ...).
+    :param allow_new_ledger: let a try after the first create the ledger. Only for a task instance
+        whose earlier tries all failed before their first send (e.g. on a template error): with
+        a ledger on storage this worker does not see, it would send again.
+    :param famulor_conn_id: the Famulor connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "sender_id",
+        "recipients",
+        "allow_new_ledger",
+        "template_id",
+        "template_name",
+        "language",
+        "ledger_path",
+        "max_sends_per_second",
+        "invalid_recipients",
+        "resend_unknown",
+        "offline_timeout",
+        "check_messaging_limit",
+        "recipients_conn_id",
+        "famulor_conn_id",
+    )
+    template_fields_renderers = {"recipients": "json"}
+    ui_color = "#25d366"
+
+    def __init__(
+        self,
+        *,
+        sender_id: int,
+        recipients: Any,
+        template_id: int | None = None,
+        template_name: str | None = None,
+        language: str | None = None,
+        ledger_path: str | None = None,
+        max_sends_per_second: float | None = None,
+        invalid_recipients: str = "fail",
+        resend_unknown: bool = False,
+        offline_timeout: float = 900.0,
+        check_messaging_limit: bool = True,
+        recipients_conn_id: str | None = None,
+        allow_new_ledger: bool = False,
+        famulor_conn_id: str = "famulor_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sender_id = sender_id
+        self.recipients = recipients
+        self.allow_new_ledger = allow_new_ledger
+        self.template_id = template_id
+        self.template_name = template_name
+        self.language = language
+        self.ledger_path = ledger_path
+        self.max_sends_per_second = max_sends_per_second
+        self.invalid_recipients = invalid_recipients
+        self.resend_unknown = resend_unknown
+        self.offline_timeout = offline_timeout
+        self.check_messaging_limit = check_messaging_limit
+        self.recipients_conn_id = recipients_conn_id
+        self.famulor_conn_id = famulor_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from famulor_provider.campaign.ledger import CampaignLedger
+
+        ti = context["ti"]
+        with send_failures():
+            sender_id = check_id(self.sender_id, "sender_id")
+            given_id = None if is_blank(self.template_id) else check_id(self.template_id, "template_id")
+            # First in every try: the ledger says what earlier tries sent.
+            ledger = CampaignLedger.open(
+                None if is_blank(self.ledger_path) else str(self.ledger_path),
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                task_id=ti.task_id,
+                map_index=ti.map_index if ti.map_index is not None else -1,
+                try_number=ti.try_number,
+                sender_id=sender_id,
+                template_id=given_id,
+                missing_ok=check_flag(self.allow_new_ledger, "allow_new_ledger"),
+            )
+        self.log.info("Campaign ledger: %s (try %d of this task instance)", ledger.path, ledger.tries)
+        with ledger:
+            return self._run(sender_id, ledger)
+
+    def _run(self, sender_id: int, ledger: Any) -> dict[str, Any]:
+        from famulor_provider.campaign.ledger import IN_FLIGHT, REFUSED, SENT, UNKNOWN
+        from famulor_provider.campaign.recipients import plan_recipients
+        from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings, CampaignStopped
+        from famulor_provider.hooks.famulor import FamulorHook
+        from famulor_provider.pacing import SEND_RATE_PER_SECOND, SendPacer
+
+        with send_failures():
+            rate = (
+                check_positive_number(self.max_sends_per_second, "max_sends_per_second")
+                or SEND_RATE_PER_SECOND
+            )
+            offline_timeout = check_positive_number(self.offline_timeout, "offline_timeout") or 0.0
+            resend_unknown = check_flag(self.resend_unknown, "resend_unknown")
+            plan = plan_recipients(
+                self.recipients,
+                self.invalid_recipients,
+                conn_id=None if is_blank(self.recipients_conn_id) else str(self.recipients_conn_id),
+            )
+            self.log.info("Recipients: %s", plan.counts())
+            if plan.invalid:
+                self.log.warning("Skipping %d invalid row(s): %s", plan.invalid, plan.describe_invalid())
+            template_id = self.hook.resolve_template_id(
+                sender_id, self.template_id, self.template_name, self.language
+            )
+            self._check_sender(sender_id, plan.unique)
+        send_hook = FamulorHook(self.famulor_conn_id, max_retries=0)  # the campaign retries itself
+        send_hook.send_pacer = SendPacer(0.0)  # ... and paces itself
+        settings = CampaignSettings(
+            sender_id, template_id, rate or SEND_RATE_PER_SECOND, resend_unknown, offline_timeout
+        )
+        runner = CampaignRunner(send_hook, settings, ledger)
+        try:
+            with send_failures(sending=True):
+                runner.run(plan, plan.unique)
+        except CampaignStopped as err:
+            if err.retryable:
+                raise
+            raise AirflowFailException(str(err)) from err
+        counts = ledger.counts()
+        summary = {
+            **plan.counts(),
+            "sent": counts[SENT],
+            "unknown": counts[UNKNOWN] + counts[IN_FLIGHT],
+            "failed": counts[REFUSED],
+            "sent_this_try": runner.outcomes[SENT],
+            "answered_429": runner.rate_limited,
+            "ledger": ledger.path,
+        }
+        self.log.info("Campaign summary: %s", summary)
+        if summary["unknown"] or summary["failed"]:
+            message = (
+                f"Campaign finished with {summary['failed']} recipient(s) refused by the API and "
+                f"{summary['unknown']} whose delivery is unknown (they may have been sent); "
+                f"{summary['sent']} sent. Every recipient and its outcome is in the ledger {ledger.path}."
+            )
+            if summary["failed"]:
+                raise FamulorError(f"{message} A retry tries the refused recipients again, nothing else.")
+            if not resend_unknown:
+                raise AirflowFailException(
+                    f"{message} Failing without retry: nothing left can be sent again safely. Check the "
+                    "unknown ones in Famulor; set resend_unknown=True and clear the task to send them again."
+                )
+        return summary
+
+    def _check_sender(self, sender_id: int, unique_recipients: int) -> None:
+        """Fail before sending when the sender is not in the account or its 24 h limit is too small."""
+        from famulor_provider.models import SenderCriteria, matching_senders
+
+        senders = self.hook.list_whatsapp_senders(status="all")
+        [sender] = matching_senders(SenderCriteria(sender_ids=(sender_id,)), senders, self.famulor_conn_id)
+        limit = sender.messaging_limit
+        self.log.info(
+            "Sender %s (%s): %s, quality %s, limit %s unique recipients per 24 h",
+            sender.id,
+            sender.phone_number,
+            sender.status,
+            sender.quality_rating,
+            "unlimited" if limit is None else limit,
+        )
+        check_limit = check_flag(self.check_messaging_limit, "check_messaging_limit")
+        if check_limit and limit is not None and unique_recipients > limit:
+            raise FamulorValidationError(
+                "recipients",
+                f"{unique_recipients} unique recipients, but sender {sender_id} may message only "
+                f"{limit} unique recipients per 24 h (its messaging_limit). Split the campaign, "
+                "or set check_messaging_limit=False if recipients messaged in the last 24 h are "
+                "among them.",
+            )

@@ -1,0 +1,1 @@
+"""Building blocks of the WhatsApp campaign operator: the send ledger and the recipients source."""

@@ -1,0 +1,544 @@
+"""
+The campaign send ledger: a durable, append-only record of what one task instance sent.
+
+A campaign task instance (``dag_id``, ``run_id``, ``task_id``, ``map_index``; never the try
+number) owns one ledger file. Every try of it reads the file first, so a retry, a manual clear
+or a rerun after the worker was killed never sends a message twice.
+
+Location
+    ``<ledger_path>/<dag_id>/<run_id>/<task_id>.jsonl``, or ``<task_id>__<map_index>.jsonl`` for
+    a mapped task instance. Each part is percent-encoded (``/``, ``%``, ``:``, ``+`` ... become
+    ``%2F``, ``%25`` ...; a leading ``.`` becomes ``%2E``), so no part can leave the folder and
+    two ids never share a file. ``ledger_path`` is an absolute folder path or a ``file://`` URI on
+    a POSIX file system every worker sees (local disk on one machine; NFS, EFS or a shared volume
+    otherwise): appending, ``fsync`` and ``flock`` are what make the ledger safe, and object
+    stores (``s3://``, ``gs://`` ...) have none of them. The default is
+    ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+
+Format (version 1)
+    JSON Lines, UTF-8, append-only, one object per line, each with a ``type``:
+
+    - ``campaign``, the first line, written when the ledger is created: ``format`` (1),
+      ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``sender_id``, ``template_id``,
+      ``created_at``.
+    - ``try``, at the start of every try: ``try_number``, ``hostname``, ``pid``, ``sender_id``,
+      ``template_id``, ``at``.
+    - ``attempt``, written and fsynced *before* a recipient's send request: ``recipient_phone``
+      (E.164), ``at``.
+    - ``outcome``, written and fsynced after it: ``recipient_phone``, ``outcome`` (``sent``: the
+      API accepted it; ``refused``: the API refused it and nothing was sent, so a later try
+      sends it again; ``unknown``: it may have been sent, e.g. a lost answer), and when known
+      ``message_id``, ``status``, ``error_code``, ``error`` (at most 300 characters), ``at``.
+
+    Times are UTC ISO 8601 (``2025-01-31T09:15:02.123+00:00``). An ``attempt`` with no later
+    ``outcome`` for the same phone means the try stopped while that message was in flight: it
+    counts as ``unknown``. A line cut short by a crash (no final newline, or not valid JSON) is
+    ignored, and the next line is written on a line of its own. Readers must ignore keys they
+    do not know.
+
+Reading it
+    :func:`read_campaign_ledger` yields one final record per recipient, :func:`summarize`
+    counts them; :func:`iter_ledger_events` streams the raw lines.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from hashlib import sha256
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+from famulor_provider.exceptions import FamulorError, FamulorLedgerMissingError, FamulorValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+    from types import TracebackType
+
+LEDGER_FORMAT_VERSION = 1
+SENT = "sent"
+REFUSED = "refused"
+UNKNOWN = "unknown"
+IN_FLIGHT = "in_flight"
+OUTCOMES = (SENT, REFUSED, UNKNOWN)
+"""The values of an ``outcome`` line."""
+STATES = (SENT, REFUSED, UNKNOWN, IN_FLIGHT)
+"""The values of :attr:`CampaignLedger.state`: an outcome, or ``in_flight`` (attempt, no outcome)."""
+MAX_ERROR_CHARS = 300
+
+# One shared object per state, so that 100,000 entries of ``state`` cost one pointer each.
+_STATE_OBJECTS = {state: state for state in STATES}
+_MAX_NAME_PART = 180
+# Module attributes, so tests can replace the clock and the sleeper of the lock wait.
+_monotonic = time.monotonic
+_sleep = time.sleep
+_LOCK_POLL_SECONDS = 0.2
+
+
+def default_ledger_folder() -> str:
+    """``$AIRFLOW_HOME/famulor/campaign-ledgers`` (``AIRFLOW_HOME`` defaults to ``~/airflow``)."""
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return os.path.join(home, "famulor", "campaign-ledgers")
+
+
+def resolve_ledger_folder(ledger_path: str | os.PathLike[str] | None) -> str:
+    """The absolute local folder that ``ledger_path`` names (``None`` or blank: the default).
+
+    :param ledger_path: an absolute folder path or a ``file://`` URI.
+    """
+    text = "" if ledger_path is None else str(ledger_path).strip()
+    if text.lower() in ("", "none", "null"):
+        return default_ledger_folder()
+    if "://" in text:
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        if scheme != "file":
+            raise FamulorValidationError(
+                "ledger_path",
+                f"{text!r}: {scheme}:// storage cannot append to a file, fsync it or lock it, so the "
+                "ledger could not make a send durable before its request. Use a folder on a POSIX "
+                "file system that every worker mounts at the same path (local disk for one "
+                "machine; NFS, EFS or a shared volume otherwise), as a path or a file:// URI",
+            )
+        if parts.netloc not in ("", "localhost"):
+            raise FamulorValidationError(
+                "ledger_path",
+                f"a file:// URI must name a local path such as file:///mnt/ledgers, got {text!r}",
+            )
+        text = unquote(parts.path)
+    text = os.path.expanduser(text)
+    if not os.path.isabs(text):
+        raise FamulorValidationError(
+            "ledger_path",
+            f"must be an absolute path (a relative one depends on the worker's working directory), "
+            f"got {text!r}",
+        )
+    return os.path.normpath(text)
+
+
+def _name_part(value: Any, field: str) -> str:
+    """``value`` as one file name: percent-encoded (one to one), never ``.``/``..``, never too long."""
+    if not isinstance(value, str) or not value:
+        raise FamulorValidationError(field, f"must be a non-empty string to name the ledger, got {value!r}")
+    part = quote(value, safe="")
+    if part.startswith("."):
+        part = "%2E" + part[1:]
+    if len(part) > _MAX_NAME_PART:
+        part = f"{part[:150]}~{sha256(value.encode()).hexdigest()[:16]}"
+    return part
+
+
+def ledger_file_path(
+    ledger_path: str | os.PathLike[str] | None, *, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> str:
+    """The ledger file of one task instance (see the module docstring for the layout).
+
+    :param ledger_path: the folder, a path or ``file://`` URI; ``None`` for the default.
+    :param dag_id: the task instance's DAG.
+    :param run_id: its DAG run.
+    :param task_id: its task.
+    :param map_index: its map index (``-1`` when the task is not mapped).
+    """
+    if not isinstance(map_index, int) or isinstance(map_index, bool):
+        raise FamulorValidationError("map_index", f"expected a whole number, got {map_index!r}")
+    file_name = _name_part(task_id, "task_id")
+    if map_index >= 0:
+        file_name += f"__{map_index}"
+    return os.path.join(
+        resolve_ledger_folder(ledger_path),
+        _name_part(dag_id, "dag_id"),
+        _name_part(run_id, "run_id"),
+        file_name + ".jsonl",
+    )
+
+
+def decide(state: str | None, resend_unknown: bool) -> bool:
+    """Whether a recipient may be sent, given its ledger state.
+
+    ``sent``: never. ``unknown``/``in_flight`` (it may have been sent): only with
+    ``resend_unknown``. ``refused`` (nothing was sent) or no state: yes.
+
+    :param state: the recipient's entry in :attr:`CampaignLedger.state`, or ``None``.
+    :param resend_unknown: whether to send again when an earlier send's outcome is unknown.
+    """
+    if state is None or state == REFUSED:
+        return True
+    if state == SENT:
+        return False
+    return resend_unknown
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the file's own fsync still holds
+        pass
+    finally:
+        os.close(fd)
+
+
+class CampaignLedger:
+    """The open, locked send ledger of one campaign task instance. Build it with :meth:`open`.
+
+    It holds an exclusive ``flock`` on the file until :meth:`close`, and keeps in memory only
+    ``phone -> state`` (a shared string), about 100 bytes per recipient.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._state: dict[str, str] = {}
+        self._counts = dict.fromkeys(STATES, 0)
+        self._needs_newline = False
+        self._failed: str | None = None
+        self.header: dict[str, Any] | None = None
+        """The ``campaign`` line."""
+        self.tries = 0
+        """How many ``try`` lines the ledger holds, this try's included."""
+        self.skipped_lines = 0
+        """Lines that could not be read (cut short by a crash) and were ignored."""
+
+    @classmethod
+    def open(
+        cls,
+        ledger_path: str | os.PathLike[str] | None,
+        *,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int,
+        try_number: int,
+        sender_id: int | None = None,
+        template_id: int | None = None,
+        missing_ok: bool = False,
+        lock_timeout: float = 5.0,
+    ) -> CampaignLedger:
+        """Open (or create) a task instance's ledger, lock it, read it and append a ``try`` line.
+
+        :param ledger_path: the folder, a path or ``file://`` URI; ``None`` for the default.
+        :param dag_id: from ``context["ti"]``.
+        :param run_id: from ``context["ti"]``.
+        :param task_id: from ``context["ti"]``.
+        :param map_index: from ``context["ti"]`` (``-1`` when not mapped).
+        :param try_number: this try; a try after the first requires the ledger to exist already.
+        :param sender_id: the campaign's sender, written to the header and the ``try`` line.
+        :param template_id: the campaign's template, written to the header and the ``try`` line.
+        :param missing_ok: create a missing ledger even when ``try_number > 1`` (only when no
+            earlier try can have sent anything, e.g. they all failed before the ledger step).
+        :param lock_timeout: seconds to wait for another process to release the ledger.
+        :raises FamulorLedgerMissingError: a later try found no ledger.
+        :raises FamulorError: another process holds the ledger, or it belongs to another task.
+        """
+        path = ledger_file_path(
+            ledger_path, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index
+        )
+        if try_number > 1 and not missing_ok and not os.path.exists(path):
+            raise FamulorLedgerMissingError(
+                f"Try {try_number} found no campaign ledger at {path}, but an earlier try must have "
+                "created it, so recipients it sent cannot be told apart and nothing is sent. Put "
+                "ledger_path on storage every worker sees at the same path (NFS, EFS, a shared "
+                "volume; local disk only with a single worker). If no earlier try reached the "
+                "sending step, this try may create a new ledger (missing_ok)."
+            )
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _lock(fd, path, lock_timeout)
+            ledger = cls(path, fd)
+            ledger._load()
+            identity = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+            if ledger.header is None:
+                header = {"type": "campaign", "format": LEDGER_FORMAT_VERSION, **identity}
+                header.update(sender_id=sender_id, template_id=template_id, created_at=_now())
+                ledger._append(header)
+                ledger.header = header
+                # Make the new file's directory entries durable too (ledger root/dag/run/file).
+                for directory in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+                    _fsync_dir(directory)
+            elif any(ledger.header.get(key) != value for key, value in identity.items()):
+                found = {key: ledger.header.get(key) for key in identity}
+                raise FamulorError(f"The campaign ledger {path} belongs to {found}, not to {identity}")
+            ledger._append(
+                {
+                    "type": "try",
+                    "try_number": try_number,
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "sender_id": sender_id,
+                    "template_id": template_id,
+                    "at": _now(),
+                }
+            )
+            ledger.tries += 1
+        except BaseException:
+            os.close(fd)  # also releases the lock
+            raise
+        return ledger
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as file:
+            for line in file:
+                if not line.endswith(b"\n"):  # the last write was cut short
+                    self._needs_newline = True
+                    self.skipped_lines += 1
+                    continue
+                event = _parse(line)
+                if event is None:
+                    self.skipped_lines += 1
+                    continue
+                kind = event.get("type")
+                if kind == "attempt":
+                    self._set(event.get("recipient_phone"), IN_FLIGHT)
+                elif kind == "outcome":
+                    outcome = event.get("outcome")
+                    # An outcome this version does not know is treated as "may have been sent".
+                    self._set(
+                        event.get("recipient_phone"),
+                        _STATE_OBJECTS[outcome if outcome in OUTCOMES else UNKNOWN],
+                    )
+                elif kind == "try":
+                    self.tries += 1
+                elif kind == "campaign" and self.header is None:
+                    self.header = event
+
+    def _set(self, phone: Any, state: str) -> None:
+        if not isinstance(phone, str):
+            return
+        previous = self._state.get(phone)
+        if previous is not None:
+            self._counts[previous] -= 1
+        self._state[phone] = state
+        self._counts[state] += 1
+
+    @property
+    def state(self) -> Mapping[str, str]:
+        """Each recipient phone's last state: ``sent``, ``refused``, ``unknown`` or ``in_flight``.
+
+        ``in_flight`` read from the file means an earlier try stopped mid-send: treat it as unknown.
+        """
+        return self._state
+
+    def should_send(self, phone: str, resend_unknown: bool = False) -> bool:
+        """Whether ``phone`` may be sent now (see :func:`decide`).
+
+        :param phone: the normalized phone (E.164).
+        :param resend_unknown: whether to send again when an earlier outcome is unknown.
+        """
+        return decide(self._state.get(phone), resend_unknown)
+
+    def counts(self) -> dict[str, int]:
+        """How many recipients are in each state (``sent``, ``refused``, ``unknown``, ``in_flight``)."""
+        return dict(self._counts)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def record_attempt(self, phone: str) -> None:
+        """Durably record that ``phone`` is about to be sent. Call it before the send request.
+
+        :param phone: the normalized phone (E.164), the same string every try.
+        :raises FamulorError: the phone was already sent, or the ledger cannot be written.
+        """
+        if self._state.get(phone) == SENT:
+            raise FamulorError(
+                f"{phone} was already sent according to the ledger {self.path}; not sending again"
+            )
+        self._append({"type": "attempt", "recipient_phone": phone, "at": _now()})
+        self._set(phone, IN_FLIGHT)
+
+    def record_outcome(
+        self,
+        phone: str,
+        outcome: str,
+        *,
+        message_id: str | int | None = None,
+        status: str | None = None,
+        error_code: str | None = None,
+        error: str | BaseException | None = None,
+    ) -> None:
+        """Durably record how a send ended.
+
+        :param phone: the normalized phone (E.164).
+        :param outcome: ``sent``, ``refused`` (nothing was sent) or ``unknown`` (it may have been).
+        :param message_id: the API's ``message_id``, when sent.
+        :param status: the API's ``status`` (``queued``, ``sent``), when sent.
+        :param error_code: the API's ``error_code``, when it gave one.
+        :param error: the error, shortened to 300 characters.
+        """
+        if outcome not in OUTCOMES:
+            raise FamulorValidationError("outcome", f"{outcome!r} is not one of {', '.join(OUTCOMES)}")
+        event: dict[str, Any] = {"type": "outcome", "recipient_phone": phone, "outcome": outcome}
+        if message_id is not None:
+            event["message_id"] = message_id
+        if status is not None:
+            event["status"] = status
+        if error_code is not None:
+            event["error_code"] = error_code
+        if error is not None:
+            text = str(error)
+            event["error"] = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+        event["at"] = _now()
+        self._append(event)
+        self._set(phone, _STATE_OBJECTS[outcome])
+
+    def _append(self, event: Mapping[str, Any]) -> None:
+        if self._fd is None:
+            raise FamulorError(f"The campaign ledger {self.path} is closed")
+        if self._failed is not None:
+            # After a failed write or fsync the file's state is unknown: write nothing more.
+            raise FamulorError(
+                f"The campaign ledger {self.path} failed earlier ({self._failed}); not writing"
+            )
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        if self._needs_newline:
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as err:
+            self._failed = str(err)
+            raise FamulorError(f"Cannot write the campaign ledger {self.path}: {err}") from err
+        self._needs_newline = False
+
+    def close(self) -> None:
+        """Close the file and release the lock (safe to call twice)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> CampaignLedger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CampaignLedger({self.path!r}, {self.counts()})"
+
+
+def _lock(fd: int, path: str, timeout: float) -> None:
+    deadline = _monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if _monotonic() >= deadline:
+                raise FamulorError(
+                    f"Another try of this task instance is still running: it holds the campaign "
+                    f"ledger {path} (a try the scheduler gave up on may still be alive on a worker). "
+                    "Two tries must never send at once; retry once it has ended or been killed."
+                ) from None
+            _sleep(_LOCK_POLL_SECONDS)
+        except OSError as err:
+            raise FamulorError(
+                f"Cannot lock the campaign ledger {path} ({err}): put ledger_path on a file system "
+                "with working locks (local disk, NFSv4, EFS)"
+            ) from err
+
+
+# -- reading a ledger -----------------------------------------------------------------------------
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _local_file(path: str | os.PathLike[str]) -> str:
+    text = str(path)
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme.lower() != "file":
+            raise FamulorValidationError("path", f"a campaign ledger is a local file, got {text!r}")
+        text = unquote(parts.path)
+    return text
+
+
+def iter_ledger_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every complete line of a ledger file, in order (lines cut short by a crash are skipped).
+
+    :param path: the ledger file, a path or ``file://`` URI.
+    """
+    with open(_local_file(path), "rb") as file:
+        for line in file:
+            if line.endswith(b"\n"):
+                event = _parse(line)
+                if event is not None:
+                    yield event
+
+
+_RECORD_FIELDS = ("outcome", "attempts", "message_id", "status", "error_code", "error", "at")
+
+
+def read_campaign_ledger(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """One final record per recipient, in the order of their first attempt.
+
+    Each record: ``recipient_phone``, ``outcome`` (``sent``, ``refused`` or ``unknown``; an attempt
+    with no outcome is ``unknown``), ``attempts`` (send attempts over every try), and from the last
+    outcome ``message_id``, ``status``, ``error_code``, ``error``, plus ``at`` (the last line's time).
+    The file is read whole before the first record is yielded, keeping about 350 bytes per
+    recipient; the records are built one at a time.
+
+    :param path: the ledger file, a path or ``file://`` URI.
+    """
+    # phone -> [outcome, attempts, message_id, status, error_code, error, at]: a list is a third
+    # of a dict's size, and the dicts are built one at a time below.
+    records: dict[str, list[Any]] = {}
+    for event in iter_ledger_events(path):
+        kind = event.get("type")
+        phone = event.get("recipient_phone")
+        if kind not in ("attempt", "outcome") or not isinstance(phone, str):
+            continue
+        record = records.get(phone)
+        if record is None:
+            record = records[phone] = [IN_FLIGHT, 0, None, None, None, None, None]
+        if kind == "attempt":
+            record[0] = IN_FLIGHT
+            record[1] += 1
+        else:
+            outcome = event.get("outcome")
+            record[0] = _STATE_OBJECTS[outcome if outcome in OUTCOMES else UNKNOWN]
+            record[2:6] = [event.get(key) for key in ("message_id", "status", "error_code", "error")]
+        record[6] = event.get("at")
+    for phone, record in records.items():
+        result = {"recipient_phone": phone, **dict(zip(_RECORD_FIELDS, record, strict=True))}
+        if result["outcome"] == IN_FLIGHT:
+            result["outcome"] = UNKNOWN
+            result["error"] = "no outcome recorded: the try stopped while this message was in flight"
+        yield result
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Counts of final records: ``recipients``, ``sent``, ``refused``, ``unknown``, ``attempts``.
+
+    :param records: what :func:`read_campaign_ledger` returned.
+    """
+    summary = {"recipients": 0, SENT: 0, REFUSED: 0, UNKNOWN: 0, "attempts": 0}
+    for record in records:
+        summary["recipients"] += 1
+        summary[record["outcome"] if record["outcome"] in OUTCOMES else UNKNOWN] += 1
+        summary["attempts"] += int(record.get("attempts") or 0)
+    return summary

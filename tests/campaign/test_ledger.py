@@ -1,0 +1,354 @@
+"""The campaign send ledger on real files: format, resume, crashes, torn lines and locking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from famulor_provider.campaign import ledger as ledger_module
+from famulor_provider.campaign.ledger import (
+    IN_FLIGHT,
+    CampaignLedger,
+    decide,
+    default_ledger_folder,
+    iter_ledger_events,
+    ledger_file_path,
+    read_campaign_ledger,
+    resolve_ledger_folder,
+    summarize,
+)
+from famulor_provider.exceptions import FamulorError, FamulorLedgerMissingError, FamulorValidationError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IDENTITY = {"dag_id": "campaign", "run_id": "manual__2025-01-31T09:00:00+00:00", "task_id": "send"}
+PHONE_A = "+14155550001"
+PHONE_B = "+14155550002"
+PHONE_C = "+14155550003"
+
+
+def open_ledger(folder: Path | str, *, try_number: int = 1, map_index: int = -1, **kwargs) -> CampaignLedger:
+    return CampaignLedger.open(
+        folder,
+        **IDENTITY,
+        map_index=map_index,
+        try_number=try_number,
+        sender_id=12,
+        template_id=7,
+        **kwargs,
+    )
+
+
+def lines_of(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+# -- location ---------------------------------------------------------------------------------------
+
+
+def test_file_layout_is_encoded_and_stays_inside_the_folder(tmp_path):
+    path = ledger_file_path(tmp_path, **IDENTITY, map_index=-1)
+    assert path == str(tmp_path / "campaign" / "manual__2025-01-31T09%3A00%3A00%2B00%3A00" / "send.jsonl")
+    assert ledger_file_path(tmp_path, **IDENTITY, map_index=3).endswith("/send__3.jsonl")
+
+    hostile = ledger_file_path(tmp_path, dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
+    assert os.path.commonpath([hostile, str(tmp_path)]) == str(tmp_path)
+    assert hostile == str(tmp_path / "%2E." / "%2E.%2F..%2Fetc" / "a%2Fb__0.jsonl")
+    # Ids that differ only in characters the file system dislikes still get files of their own.
+    assert ledger_file_path(tmp_path, dag_id="d", run_id="a:b", task_id="t", map_index=-1) != (
+        ledger_file_path(tmp_path, dag_id="d", run_id="a_b", task_id="t", map_index=-1)
+    )
+    long_id = ledger_file_path(tmp_path, dag_id="d", run_id="x" * 300, task_id="t", map_index=-1)
+    assert all(len(part) <= 180 for part in Path(long_id).parts)
+
+
+def test_file_uri_and_default_folder(tmp_path, monkeypatch):
+    assert resolve_ledger_folder(f"file://{tmp_path}") == str(tmp_path)
+    assert resolve_ledger_folder(f"file://localhost{tmp_path}/") == str(tmp_path)
+    monkeypatch.setenv("AIRFLOW_HOME", "/opt/airflow")
+    assert default_ledger_folder() == "/opt/airflow/famulor/campaign-ledgers"
+    assert (
+        resolve_ledger_folder(None) == resolve_ledger_folder("  ") == "/opt/airflow/famulor/campaign-ledgers"
+    )
+    monkeypatch.delenv("AIRFLOW_HOME")
+    assert default_ledger_folder() == os.path.expanduser("~/airflow/famulor/campaign-ledgers")
+
+    with open_ledger(f"file://{tmp_path}") as ledger:
+        assert ledger.path.startswith(str(tmp_path) + "/")
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/ledgers", "gs://bucket/x", "abfs://c@acct/x", "http://host/x"])
+def test_object_stores_are_refused_with_the_reason(uri, tmp_path):
+    with pytest.raises(FamulorValidationError, match=r"cannot append to a file, fsync it or lock it") as err:
+        open_ledger(uri)
+    assert err.value.field == "ledger_path"
+    assert "NFS, EFS or a shared volume" in str(err.value)
+
+
+def test_relative_paths_and_remote_file_uris_are_refused():
+    with pytest.raises(FamulorValidationError, match="absolute path"):
+        resolve_ledger_folder("ledgers")
+    with pytest.raises(FamulorValidationError, match="local path"):
+        resolve_ledger_folder("file://otherhost/ledgers")
+
+
+# -- format and resume ------------------------------------------------------------------------------
+
+
+def test_first_try_writes_the_header_and_a_try_line(tmp_path):
+    with open_ledger(tmp_path, map_index=2) as ledger:
+        assert ledger.state == {}
+        assert ledger.tries == 1
+    header, try_line = lines_of(ledger.path)
+    assert header["type"] == "campaign"
+    assert {key: header[key] for key in ("format", "dag_id", "run_id", "task_id", "map_index")} == {
+        "format": 1,
+        **IDENTITY,
+        "map_index": 2,
+    }
+    assert (header["sender_id"], header["template_id"]) == (12, 7)
+    assert header["created_at"].endswith("+00:00")
+    assert try_line["type"] == "try"
+    assert try_line["try_number"] == 1
+    assert try_line["pid"] == os.getpid()
+    assert try_line["hostname"]
+
+
+def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        ledger.record_attempt(PHONE_A)
+        ledger.record_outcome(PHONE_A, "sent", message_id="m-1", status="queued")
+        ledger.record_attempt(PHONE_B)
+        ledger.record_outcome(PHONE_B, "refused", error_code="INVALID_PHONE", error="x" * 1000)
+        ledger.record_attempt(PHONE_C)
+        ledger.record_outcome(PHONE_C, "unknown", error=TimeoutError("read timed out"))
+        assert ledger.counts() == {"sent": 1, "refused": 1, "unknown": 1, "in_flight": 0}
+
+    with open_ledger(tmp_path, try_number=2) as ledger:
+        assert ledger.state == {PHONE_A: "sent", PHONE_B: "refused", PHONE_C: "unknown"}
+        assert ledger.tries == 2
+        assert not ledger.should_send(PHONE_A, resend_unknown=True)
+        assert ledger.should_send(PHONE_B)
+        assert not ledger.should_send(PHONE_C)
+        assert ledger.should_send(PHONE_C, resend_unknown=True)
+        assert ledger.should_send("+14155550009")
+        ledger.record_attempt(PHONE_B)
+        ledger.record_outcome(PHONE_B, "sent", message_id=88)
+        assert ledger.counts() == {"sent": 2, "refused": 0, "unknown": 1, "in_flight": 0}
+
+    events = lines_of(ledger.path)
+    assert [event["type"] for event in events] == ["campaign", "try"] + ["attempt", "outcome"] * 3 + [
+        "try",
+        "attempt",
+        "outcome",
+    ]
+    refused = events[5]
+    assert refused["error_code"] == "INVALID_PHONE"
+    assert len(refused["error"]) == 300
+    assert events[7]["error"] == "read timed out"
+    assert "message_id" not in refused
+
+    records = list(read_campaign_ledger(ledger.path))
+    assert [(r["recipient_phone"], r["outcome"], r["attempts"]) for r in records] == [
+        (PHONE_A, "sent", 1),
+        (PHONE_B, "sent", 2),
+        (PHONE_C, "unknown", 1),
+    ]
+    assert records[1]["message_id"] == 88
+    assert records[1]["error_code"] is None  # the last outcome's fields, not the refusal's
+    assert records[0]["status"] == "queued"
+    assert summarize(records) == {"recipients": 3, "sent": 2, "refused": 0, "unknown": 1, "attempts": 4}
+    assert list(read_campaign_ledger(Path(ledger.path).as_uri())) == records  # % in names: %25 in a URI
+
+
+def test_decide_matrix():
+    assert decide(None, False)
+    assert decide("refused", False)
+    assert not decide("sent", True)
+    assert not decide("unknown", False)
+    assert decide("unknown", True)
+    assert not decide(IN_FLIGHT, False)
+    assert decide(IN_FLIGHT, True)
+
+
+def test_a_sent_phone_cannot_be_attempted_again(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        ledger.record_attempt(PHONE_A)
+        ledger.record_outcome(PHONE_A, "sent")
+        with pytest.raises(FamulorError, match="already sent"):
+            ledger.record_attempt(PHONE_A)
+        with pytest.raises(FamulorValidationError, match="outcome"):
+            ledger.record_outcome(PHONE_B, "delivered")
+    with pytest.raises(FamulorError, match="closed"):
+        ledger.record_attempt(PHONE_B)
+
+
+def test_a_later_try_without_a_ledger_fails_and_creates_nothing(tmp_path):
+    with pytest.raises(FamulorLedgerMissingError, match="storage every worker sees") as err:
+        open_ledger(tmp_path, try_number=2)
+    path = ledger_file_path(tmp_path, **IDENTITY, map_index=-1)
+    assert path in str(err.value)
+    assert not os.path.exists(path)
+
+    with open_ledger(tmp_path, try_number=2, missing_ok=True) as ledger:
+        assert ledger.header is not None
+
+
+def test_a_ledger_of_another_task_instance_is_refused(tmp_path):
+    path = Path(ledger_file_path(tmp_path, **IDENTITY, map_index=-1))
+    path.parent.mkdir(parents=True)
+    header = {"type": "campaign", "format": 1, **IDENTITY, "task_id": "other", "map_index": -1}
+    path.write_text(json.dumps(header) + "\n")
+    with pytest.raises(FamulorError, match="belongs to"):
+        open_ledger(tmp_path)
+
+
+def test_a_torn_last_line_is_ignored_and_the_next_line_starts_fresh(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        ledger.record_attempt(PHONE_A)
+        ledger.record_outcome(PHONE_A, "sent")
+        ledger.record_attempt(PHONE_B)
+    with open(ledger.path, "ab") as file:  # a crash in the middle of writing B's outcome
+        file.write(b'{"type":"outcome","recipient_phone":"+1415555')
+
+    with open_ledger(tmp_path, try_number=2) as ledger:
+        assert ledger.skipped_lines == 1
+        assert ledger.state == {PHONE_A: "sent", PHONE_B: IN_FLIGHT}
+        ledger.record_attempt(PHONE_C)
+
+    raw = Path(ledger.path).read_bytes().split(b"\n")
+    assert raw[-1] == b""
+    assert raw[-4].startswith(b'{"type":"outcome","recipient_phone":"+1415555')  # kept, on its own line
+    assert json.loads(raw[-3])["type"] == "try"
+    assert json.loads(raw[-2])["recipient_phone"] == PHONE_C
+    assert [event["type"] for event in iter_ledger_events(ledger.path)][-2:] == ["try", "attempt"]
+    assert list(read_campaign_ledger(ledger.path))[1]["outcome"] == "unknown"
+
+
+def test_a_ledger_cut_before_its_header_gets_one(tmp_path):
+    path = Path(ledger_file_path(tmp_path, **IDENTITY, map_index=-1))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"type":"camp')
+    with open_ledger(tmp_path, try_number=2) as ledger:
+        assert ledger.header is not None
+    assert [event["type"] for event in iter_ledger_events(path)] == ["campaign", "try"]
+
+
+# -- locking and crashes ----------------------------------------------------------------------------
+
+
+def test_a_second_open_waits_for_the_lock_then_fails(tmp_path, monkeypatch):
+    first = open_ledger(tmp_path)
+    clock = [0.0]
+    sleeps: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(ledger_module, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(ledger_module, "_sleep", fake_sleep)
+    with pytest.raises(FamulorError, match="Another try of this task instance is still running"):
+        open_ledger(tmp_path, try_number=2, lock_timeout=1.0)
+    assert sleeps == [0.2] * 5
+
+    def release_while_waiting(seconds: float) -> None:
+        fake_sleep(seconds)
+        first.close()
+
+    monkeypatch.setattr(ledger_module, "_sleep", release_while_waiting)
+    with open_ledger(tmp_path, try_number=2, lock_timeout=1.0) as second:
+        assert second.tries == 2  # the failed open wrote nothing
+
+
+HOLDER = """
+import sys
+from famulor_provider.campaign.ledger import CampaignLedger
+
+ledger = CampaignLedger.open(
+    sys.argv[1], dag_id="campaign", run_id="manual__2025-01-31T09:00:00+00:00", task_id="send",
+    map_index=-1, try_number=1, sender_id=12, template_id=7,
+)
+ledger.record_attempt("+14155550001")
+ledger.record_outcome("+14155550001", "sent", message_id="m-1")
+ledger.record_attempt("+14155550002")
+print("in flight", flush=True)
+sys.stdin.read()  # the send that never returns
+"""
+
+
+def test_a_retry_is_blocked_while_the_try_lives_and_resumes_after_sigkill(tmp_path):
+    """A zombie try holds the ledger; once killed, the retry sees its send in flight as unknown."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "in flight"
+        with pytest.raises(FamulorError, match="still running") as err:
+            open_ledger(tmp_path, try_number=2, lock_timeout=0)
+        assert ledger_file_path(tmp_path, **IDENTITY, map_index=-1) in str(err.value)
+
+        os.kill(holder.pid, signal.SIGKILL)
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.wait(timeout=30)
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+
+    with open_ledger(tmp_path, try_number=2, lock_timeout=0) as ledger:  # the kernel freed the lock
+        assert ledger.state == {PHONE_A: "sent", PHONE_B: IN_FLIGHT}
+        assert ledger.counts()["in_flight"] == 1
+        assert not ledger.should_send(PHONE_A, resend_unknown=True)
+        assert not ledger.should_send(PHONE_B)
+        assert ledger.should_send(PHONE_B, resend_unknown=True)
+    tries = [event for event in iter_ledger_events(ledger.path) if event["type"] == "try"]
+    assert [t["try_number"] for t in tries] == [1, 2]
+    assert tries[0]["pid"] == holder.pid
+    record = list(read_campaign_ledger(ledger.path))[1]
+    assert (record["recipient_phone"], record["outcome"]) == (PHONE_B, "unknown")
+    assert "in flight" in record["error"]
+
+
+# -- scale ------------------------------------------------------------------------------------------
+
+
+def test_state_costs_about_100_bytes_per_recipient(tmp_path):
+    """10,000 recipients here (tracemalloc is slow); benchmarks/campaign_memory.py measures 100,000."""
+    count = 10_000
+    path = Path(ledger_file_path(tmp_path, **IDENTITY, map_index=-1))
+    path.parent.mkdir(parents=True)
+    at = '"at":"2025-01-31T09:00:00.000+00:00"'
+    with open(path, "w") as file:
+        file.write(json.dumps({"type": "campaign", "format": 1, **IDENTITY, "map_index": -1}) + "\n")
+        for n in range(count):
+            phone = f"+1415{n:07d}"
+            file.write(f'{{"type":"attempt","recipient_phone":"{phone}",{at}}}\n')
+            outcome = "sent" if n % 10 else "refused"
+            file.write(f'{{"type":"outcome","recipient_phone":"{phone}","outcome":"{outcome}",{at}}}\n')
+
+    tracemalloc.start()
+    try:
+        ledger = open_ledger(tmp_path, try_number=2)
+        retained, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    with ledger:
+        assert ledger.counts() == {"sent": 9_000, "refused": 1_000, "unknown": 0, "in_flight": 0}
+    # 100,000 recipients at this rate stay far under the 50 MB budget.
+    assert retained / count < 200, retained
+    assert peak / count < 300, peak
