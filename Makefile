@@ -118,20 +118,35 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 	if [ -n "$$failed" ]; then echo "test-ui failed on Airflow:$$failed"; exit 1; fi; \
 	echo "test-ui passed on Airflow: $(UI_AIRFLOW_VERSIONS)"
 
-# test-system: the famulor_wait_for_sender example DAG on a real deployment per line in
-# SYSTEM_AIRFLOW_VERSIONS (tests/system): scheduler + triggerer (+ api-server and dag-processor
-# on Airflow 3) on 127.0.0.1 in a temporary home, checking the sensor deferred and resumed.
-# About 30 s per line; the processes are stopped by their ids when the test ends.
+# test-system: real deployments per line in SYSTEM_AIRFLOW_VERSIONS (tests/system, harness in
+# tests/system/deployment.py), on 127.0.0.1 in a temporary home, every process stopped by its id:
+# - the famulor_wait_for_sender example DAG (scheduler + triggerer, + api-server and dag-processor
+#   on Airflow 3): the sensor deferred and resumed. About 30-60 s per line.
+# - latest line only: the CeleryExecutor with Debian's redis-server (installed with apt-get if
+#   missing) and two workers; the worker running a task is SIGKILLed mid-try and the retry
+#   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
+#   CeleryExecutor). celery<5.7: celery 5.7.0 dropped celery.backends.database.retry, which
+#   apache-airflow-providers-celery 3.26.0 imports.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
+REDIS_SERVER ?= /usr/bin/redis-server
+SYSTEM_CELERY_PACKAGES := apache-airflow-providers-celery 'celery[redis]>=5.5,<5.7'
 
-.PHONY: test-system
+.PHONY: test-system redis-server
 
-test-system: $(foreach line,$(SYSTEM_AIRFLOW_VERSIONS),$(call venv_dir,$(line))/.installed)
+redis-server:
+	@test -x $(REDIS_SERVER) || { echo "installing Debian's redis-server"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+test-system: $(if $(filter latest,$(SYSTEM_AIRFLOW_VERSIONS)),redis-server) \
+		$(foreach line,$(SYSTEM_AIRFLOW_VERSIONS),$(call venv_dir,$(line))/.installed)
 	@failed=""; \
 	for line in $(SYSTEM_AIRFLOW_VERSIONS); do \
 		venv=$$( [ "$$line" = latest ] && echo .venv || echo .venv-$$line ); \
+		if [ "$$line" = latest ]; then \
+			$(UV) pip install --quiet --compile-bytecode --python $$venv/bin/python $(SYSTEM_CELERY_PACKAGES); \
+		fi; \
 		echo "=== system test on Airflow $$line ==="; \
-		FAMULOR_SYSTEM_TEST=1 $$venv/bin/python -m pytest tests/system -rs $(PYTEST_ARGS) \
+		FAMULOR_SYSTEM_TEST=1 $$venv/bin/python -m pytest tests/system -rs -s $(PYTEST_ARGS) \
 			|| failed="$$failed $$line"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "test-system failed on Airflow:$$failed"; exit 1; fi; \
