@@ -203,10 +203,10 @@ def transport_error(
     endpoint: str,
     config: FamulorConnectionConfig,
     attempt: Attempt,
+    cause: BaseException,
     *,
     timed_out: bool,
     connect_failure: bool,
-    cause: str,
 ) -> FamulorConnectionError:
     """The one rule for a failed attempt: "not sent" only when it is proven.
 
@@ -216,7 +216,7 @@ def transport_error(
     :param timed_out: the transport reported a timeout (connect or read).
     :param connect_failure: the transport's error type proves no connection was made (DNS
         failure, connection refused, connect timeout).
-    :param cause: the transport's error class name, for the message.
+    :param cause: the transport's error (its class name goes into the message).
     """
     where = f"{endpoint} to {config.base_url}"
     sent = not connect_failure and (attempt.request_started or not attempt.tracked)
@@ -233,22 +233,35 @@ def transport_error(
     else:
         text = "the connection broke after the request may have been sent"
     error_class = FamulorTimeoutError if timed_out or attempt.expired else FamulorConnectionError
-    return error_class(config.scrub(f"{where}: {text} ({cause})"), request_sent=sent)
+    return error_class(config.scrub(f"{where}: {text} ({type(cause).__name__})"), request_sent=sent)
 
 
-def requests_connect_failure(err: requests.RequestException) -> bool:
-    """Whether a ``requests`` error proves that no connection was made."""
-    if isinstance(err, requests.ConnectTimeout):
-        return True
+def requests_error(
+    endpoint: str, config: FamulorConnectionConfig, attempt: Attempt, err: requests.RequestException
+) -> FamulorConnectionError:
+    """:func:`transport_error` for a ``requests`` failure."""
     reason = getattr(err.args[0], "reason", None) if err.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)  # also DNS failures
+    connect_failure = isinstance(err, requests.ConnectTimeout) or isinstance(
+        reason,
+        urllib3.exceptions.NewConnectionError,  # also DNS failures
+    )
+    timed_out = isinstance(err, requests.Timeout)
+    return transport_error(
+        endpoint, config, attempt, err, timed_out=timed_out, connect_failure=connect_failure
+    )
 
 
-def httpx_connect_failure(err: BaseException) -> bool:
-    """Whether an ``httpx`` error proves that no connection was made."""
+def httpx_error(
+    endpoint: str, config: FamulorConnectionConfig, attempt: Attempt, err: BaseException
+) -> FamulorConnectionError:
+    """:func:`transport_error` for an ``httpx`` failure or an expired deadline."""
     import httpx
 
-    return isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    connect_failure = isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    timed_out = isinstance(err, httpx.TimeoutException | asyncio.TimeoutError)
+    return transport_error(
+        endpoint, config, attempt, err, timed_out=timed_out, connect_failure=connect_failure
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
@@ -38,18 +39,17 @@ from famulor_provider.pacing import SEND_PACER, SendPacer
 from famulor_provider.transport import (
     Attempt,
     data_list,
-    httpx_connect_failure,
+    httpx_error,
     httpx_trace,
     is_retryable_read,
     is_retryable_send,
     may_have_sent,
     new_session,
     parse_response,
-    requests_connect_failure,
+    requests_error,
     retry_policy,
     run_with_deadline,
     sync_attempt,
-    transport_error,
 )
 from famulor_provider.validation import (
     MAX_MESSAGE_CHARS,
@@ -171,14 +171,7 @@ class FamulorHook(BaseHook):
                         allow_redirects=False,
                     )
                 except requests.RequestException as err:
-                    raise transport_error(
-                        endpoint,
-                        config,
-                        progress,
-                        timed_out=isinstance(err, requests.Timeout),
-                        connect_failure=requests_connect_failure(err),
-                        cause=type(err).__name__,
-                    ) from err
+                    raise requests_error(endpoint, config, progress, err) from err
             return parse_response(endpoint, response.status_code, response.headers, response.content, config)
 
         retries = config.max_retries if max_retries is None else max_retries
@@ -220,15 +213,9 @@ class FamulorHook(BaseHook):
                 )
                 try:
                     response = await run_with_deadline(progress, request)
-                except (httpx.HTTPError, asyncio.TimeoutError) as err:
-                    raise transport_error(
-                        endpoint,
-                        config,
-                        progress,
-                        timed_out=isinstance(err, httpx.TimeoutException | asyncio.TimeoutError),
-                        connect_failure=httpx_connect_failure(err),
-                        cause=type(err).__name__,
-                    ) from err
+                # httpx leaves a TLS error while reading the answer unwrapped (anyio's TLS stream).
+                except (httpx.HTTPError, asyncio.TimeoutError, ssl.SSLError) as err:
+                    raise httpx_error(endpoint, config, progress, err) from err
                 return parse_response(
                     endpoint, response.status_code, response.headers, response.content, config
                 )

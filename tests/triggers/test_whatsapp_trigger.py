@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import logging
 import time
@@ -282,7 +283,7 @@ def test_transient_faults_keep_polling(
     polls = sender_requests(famulor_sandbox)
     assert len(polls) == 3
     assert retry_sleeps == []  # no retries inside a poll
-    gaps = [b.monotonic - a.monotonic for a, b in zip(polls, polls[1:])]
+    gaps = [b.monotonic - a.monotonic for a, b in itertools.pairwise(polls)]
     if "retry_after" in fault_kwargs:
         assert min(gaps) >= 0.4  # the API's Retry-After beats the shorter poll interval
     else:
