@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from famulor_provider.testing.sandbox import (
+        DEFAULT_SEND_RATE_LIMIT,
+        FAULTS,
         SANDBOX_API_KEY,
         SEED_SENDERS,
         SEED_TEMPLATES,
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_SEND_RATE_LIMIT",
+    "FAULTS",
     "SANDBOX_API_KEY",
     "SEED_SENDERS",
     "SEED_TEMPLATES",

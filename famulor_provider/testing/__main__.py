@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from famulor_provider.testing.sandbox import SANDBOX_API_KEY, FamulorSandbox
+from famulor_provider.testing.sandbox import DEFAULT_SEND_RATE_LIMIT, SANDBOX_API_KEY, FamulorSandbox
 
 
 def _sender_after(value: str) -> tuple[int, float]:
@@ -21,6 +21,24 @@ def _sender_after(value: str) -> tuple[int, float]:
         return int(sender_id), float(seconds)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ID=SECONDS, e.g. 31=60, not {value!r}") from None
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of sends per second (0 = off), not {value!r}")
+    return rate
+
+
+def _describe_send_rate_limit(limit: float | None) -> str:
+    """How the banner names the send limit, e.g. ``5 sends/s per account`` or ``off``.
+
+    :param limit: the sandbox's ``send_rate_limit``.
+    """
+    return f"{limit:g} sends/s per account" if limit else "off"
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -50,10 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ID=SECONDS",
         help="bring sender ID online SECONDS after start (repeatable)",
     )
+    serve.add_argument(
+        "--send-rate-limit",
+        type=_rate,
+        default=DEFAULT_SEND_RATE_LIMIT,
+        metavar="N",
+        help=f"sends allowed per rolling second before a 429, as the API (default: "
+        f"{DEFAULT_SEND_RATE_LIMIT}; 0 turns the limit off)",
+    )
     args = parser.parse_args(argv)
 
     try:
-        sandbox = FamulorSandbox(api_key=args.api_key, host=args.host, port=args.port)
+        sandbox = FamulorSandbox(
+            api_key=args.api_key, host=args.host, port=args.port, send_rate_limit=args.send_rate_limit or None
+        )
         for sender_id, seconds in args.sender_online_after:
             sandbox.schedule_sender(sender_id, seconds, status="online")
     except KeyError as exc:
@@ -71,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     with sandbox:
         if args.port_file is not None:
             _write_port_file(args.port_file, sandbox.port)
-        print(f"Famulor sandbox listening on {sandbox.base_url}", flush=True)
+        limit = _describe_send_rate_limit(sandbox.send_rate_limit)
+        print(f"Famulor sandbox listening on {sandbox.base_url} (send rate limit: {limit})", flush=True)
         while not stopping.wait(0.5):
             pass
     print("Famulor sandbox stopped", flush=True)

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import socket
 import socketserver
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,11 +67,18 @@ def default_templates(sender_id: int) -> list[dict[str, Any]]:
 SEED_TEMPLATES: dict[int, list[dict[str, Any]]] = {s["id"]: default_templates(s["id"]) for s in SEED_SENDERS}
 
 FAULTS_BEFORE_ROUTING = frozenset({"status", "html", "invalid_json", "no_data", "delay", "drop"})
-SEND_FAULTS = frozenset({"sender_offline", "insufficient_balance", "session_expired"})
-FAULTS = FAULTS_BEFORE_ROUTING | SEND_FAULTS | {"accept_then_drop"}
+SEND_FAULTS = frozenset({"sender_offline", "insufficient_balance", "session_expired", "invalid_phone"})
+FAULTS_AFTER_ACCEPT = frozenset({"accept_then_drop", "hang"})
+FAULT_ALIASES = {"lost_response": "accept_then_drop"}
+FAULTS = FAULTS_BEFORE_ROUTING | SEND_FAULTS | FAULTS_AFTER_ACCEPT | FAULT_ALIASES.keys()
+HANG_SECONDS = 3600.0
+"""How long a ``hang`` fault holds the answer when no ``delay`` is given (``stop()`` cuts it short)."""
+DEFAULT_SEND_RATE_LIMIT = 5
+"""The API's documented send limit: requests per second per user."""
 
 SESSION_MINUTES = 24 * 60
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
+_INVALID_PHONE = "Invalid phone number format, expected E.164 (e.g. +14155551234)"
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>Famulor - Login</title></head>"
     b"<body><h1>Please log in</h1><form action='/login' method='post'></form></body></html>"
@@ -185,13 +193,20 @@ def _phone_error(phone: str) -> _Reply | None:
         return _error(
             422, "INVALID_PHONE", "Invalid phone number: a '+' in a query string must be URL-encoded as %2B"
         )
-    return _error(422, "INVALID_PHONE", "Invalid phone number format, expected E.164 (e.g. +14155551234)")
+    return _error(422, "INVALID_PHONE", _INVALID_PHONE)
 
 
 def _with_formatted_limit(sender: dict[str, Any]) -> dict[str, Any]:
     sender.setdefault("messaging_limit", None)
     sender.setdefault("messaging_limit_formatted", _format_limit(sender["messaging_limit"]))
     return sender
+
+
+def _api_path(path: str) -> str:
+    """The path as the API documents it: ``/api/user/me/`` -> ``/user/me`` (other paths unchanged)."""
+    if path == "/api" or path.startswith("/api/"):
+        path = path[len("/api") :]
+    return path.rstrip("/") or "/"
 
 
 def _loopback_host(host: str) -> str:
@@ -215,7 +230,10 @@ class FamulorSandbox:
     :param api_key: the only key the sandbox accepts as ``Authorization: Bearer <key>``.
     :param senders: the WhatsApp senders (default: ``SEED_SENDERS``).
     :param templates: templates by sender id (default: ``default_templates`` for every sender).
-    :param send_rate_limit: sends allowed per rolling second before 429 (default: unlimited).
+    :param send_rate_limit: sends (POST requests) allowed per rolling second before a 429, for the
+        one account; default 5, as the API. A fraction spreads one send over a longer window (0.5: one
+        send per 2 s). ``None`` or 0 turns the limit off. The ``send_rate_limit`` attribute may be
+        changed while the sandbox runs.
     :param host: a loopback address to listen on.
     :param port: the port to listen on; 0 picks a free one.
     """
@@ -226,12 +244,14 @@ class FamulorSandbox:
         senders: Iterable[Mapping[str, Any]] | None = None,
         templates: Mapping[int, Iterable[Mapping[str, Any]]] | None = None,
         *,
-        send_rate_limit: int | None = None,
+        send_rate_limit: float | None = DEFAULT_SEND_RATE_LIMIT,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        if send_rate_limit is not None and not send_rate_limit >= 0:
+            raise ValueError(f"send_rate_limit must be None or at least 0, not {send_rate_limit!r}")
         self.api_key = api_key
-        self.send_rate_limit = send_rate_limit
+        self.send_rate_limit = send_rate_limit or None
         self.host = _loopback_host(host)
         self._requested_port = port
         self._lock = threading.RLock()
@@ -243,13 +263,14 @@ class FamulorSandbox:
         self._scheduled: list[tuple[float, int, dict[str, Any]]] = []
         self._faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
-        self._ledger: list[dict[str, Any]] = []
+        self._ledger: list[bytes] = []  # JSON, serialized once: entries never change once billed
         self._sessions: dict[tuple[int, str], float] = {}  # (sender_id, phone) -> window end (epoch)
         self._conversations: dict[tuple[int, str], int] = {}
         self._send_times: deque[float] = deque()
         self._next_message_id = 1001
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # wakes requests held by "delay" and "hang" faults
         self._routes: list[tuple[str, re.Pattern[str], _Route]] = [
             ("GET", re.compile(r"/user/me"), self._me),
             ("GET", re.compile(r"/user/whatsapp/senders"), self._list_senders),
@@ -266,6 +287,7 @@ class FamulorSandbox:
         if self._server is not None:
             raise RuntimeError("The sandbox is already running")
         self._server = _Server((self.host, self._requested_port), self)
+        self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="famulor-sandbox"
         )
@@ -275,11 +297,15 @@ class FamulorSandbox:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket; calling it again does nothing."""
+        """Stop serving and close the socket; calling it again does nothing.
+
+        Returns promptly: requests held by a ``delay`` or ``hang`` fault close without an answer.
+        """
         server, thread = self._server, self._thread
         if server is None:
             return
         self._server = self._thread = None
+        self._stopping.set()
         server.shutdown()
         server.server_close()
         if thread is not None:
@@ -304,11 +330,8 @@ class FamulorSandbox:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/api"
 
-    def connection_json(self, conn_id_unused: str | None = None) -> str:
-        """An Airflow connection in JSON form, for an ``AIRFLOW_CONN_*`` variable.
-
-        :param conn_id_unused: ignored; the JSON form does not carry the connection id.
-        """
+    def connection_json(self) -> str:
+        """An Airflow connection in JSON form, for an ``AIRFLOW_CONN_*`` variable."""
         return json.dumps(
             {
                 "conn_type": "famulor",
@@ -323,7 +346,7 @@ class FamulorSandbox:
 
         :param conn_id: the Airflow connection id.
         """
-        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_json(conn_id)}
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_json()}
 
     # Inspection and control
 
@@ -337,7 +360,10 @@ class FamulorSandbox:
     def ledger(self) -> list[dict[str, Any]]:
         """Accepted (billed) messages, oldest first."""
         with self._lock:
-            return copy.deepcopy(self._ledger)
+            entries = list(self._ledger)
+        # Decoded afresh: the caller may change what it gets.
+        result: list[dict[str, Any]] = json.loads(b"[" + b",".join(entries) + b"]")
+        return result
 
     @property
     def senders(self) -> list[dict[str, Any]]:
@@ -419,23 +445,51 @@ class FamulorSandbox:
         Faults before routing and auth: ``status`` (answer ``status`` with ``body``; 429 adds
         ``Retry-After`` when ``retry_after`` is given), ``html``, ``invalid_json``, ``no_data``
         (``{"items": []}``), ``delay`` (answer normally after ``delay`` seconds), ``drop`` (close
-        without answering). On sends only: ``sender_offline``, ``insufficient_balance``,
-        ``session_expired`` (free-form), and ``accept_then_drop`` (the message is accepted and billed,
-        then the connection closes: the lost-response case). Any fault with ``delay`` sleeps first.
+        without answering: nothing was sent).
+
+        On sends only, after auth and the rate limit, refusals (nothing is billed):
+        ``sender_offline`` (422 on ``/send``, 503 on ``/send-freeform``), ``insufficient_balance``
+        (402), ``invalid_phone`` (422 ``INVALID_PHONE``), ``session_expired`` (403, free-form only).
+        And once the message is accepted and billed: ``accept_then_drop`` (alias ``lost_response``:
+        the connection closes without an answer) and ``hang`` (the answer is held ``delay`` seconds,
+        default ``HANG_SECONDS``, on the open connection, then sent).
+
+        ``delay`` on any other fault waits that long first. A request held by ``delay`` or ``hang``
+        closes without an answer when the sandbox stops.
 
         :param fault: one of ``FAULTS``.
-        :param path: only requests whose path contains this (default: any).
+        :param path: only requests to this exact API path, as documented, without the ``/api``
+            prefix and without a query, e.g. ``/user/whatsapp/send`` (which does not match
+            ``/user/whatsapp/send-freeform``) or ``/user/whatsapp/senders/12/templates``
+            (default: any path).
         :param times: how many matching requests it applies to.
-        :param recipient_phone: only requests for this recipient (default: any).
+        :param status: the HTTP status of a ``status`` fault.
+        :param retry_after: the ``Retry-After`` header of a ``status`` fault.
+        :param body: the body of a ``status`` fault: JSON, or a string sent as text.
+        :param delay: seconds to wait (``delay``), or to hold the answer (``hang``).
+        :param recipient_phone: only requests for this recipient (the ``recipient_phone`` of the
+            JSON body or of the query, compared exactly; default: any).
         """
+        fault = FAULT_ALIASES.get(fault, fault)
         if fault not in FAULTS:
             raise ValueError(f"Unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         if fault == "status" and status is None:
             raise ValueError("The 'status' fault needs status=<HTTP status>")
         if fault == "delay" and delay is None:
             raise ValueError("The 'delay' fault needs delay=<seconds>")
+        if delay is not None and not delay >= 0:
+            raise ValueError(f"delay must be at least 0 seconds, not {delay!r}")
         if times < 1:
             raise ValueError("times must be at least 1")
+        if path is not None:
+            if not path.startswith("/") or "?" in path or path == "/api" or path.startswith("/api/"):
+                raise ValueError(
+                    f"path must be an API path without the /api prefix or a query, e.g. "
+                    f"'/user/whatsapp/send', not {path!r}"
+                )
+            path = _api_path(path)
+        if fault == "hang" and delay is None:
+            delay = HANG_SECONDS
         new = Fault(fault, path, times, status, retry_after, body, delay, recipient_phone)
         with self._lock:
             self._faults.append(new)
@@ -454,7 +508,7 @@ class FamulorSandbox:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._parse_body(raw_body)
         if path.startswith("/_sandbox/"):
-            return self._control(method, path, body)
+            return self._control(method, path, query, body)
         record = RecordedRequest(method, path, query, time.monotonic(), time.time())
         with self._lock:
             self._requests.append(record)
@@ -467,12 +521,14 @@ class FamulorSandbox:
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any], authorization: str | None
     ) -> _Reply | None:
         phone = body.get("recipient_phone", query.get("recipient_phone"))
-        fault = self._take_fault(FAULTS_BEFORE_ROUTING, path, phone)
+        fault = self._take_fault(FAULTS_BEFORE_ROUTING, _api_path(path), phone)
+        if fault is not None and not self._wait(fault.delay):
+            return None
         if fault is not None and fault.fault != "delay":
             return self._fault_reply(fault)
         if not path.startswith("/api/"):
             return _json(404, {"message": f"The route {path.lstrip('/')} could not be found."})
-        route_path = path[len("/api") :].rstrip("/")
+        route_path = _api_path(path)
         allowed = []
         for route_method, pattern, handler in self._routes:
             match = pattern.fullmatch(route_path)
@@ -483,8 +539,10 @@ class FamulorSandbox:
                 continue
             if not self._authorized(authorization):
                 return _json(401, {"message": "Unauthenticated."})
-            if method == "POST" and self._rate_limited():  # the POST routes are the sends
-                return _json(429, {"message": "Too Many Attempts.", "retry_after": 1}, {"Retry-After": "1"})
+            retry_after = self._throttle() if method == "POST" else None  # the POST routes are the sends
+            if retry_after is not None:
+                payload = {"message": "Too Many Attempts.", "retry_after": retry_after}
+                return _json(429, payload, {"Retry-After": str(retry_after)})
             return handler(match, query, body)
         if allowed:
             message = f"The {method} method is not supported for route {path.lstrip('/')}."
@@ -520,24 +578,26 @@ class FamulorSandbox:
         if "messaging_limit" in fields and "messaging_limit_formatted" not in fields:
             sender["messaging_limit_formatted"] = _format_limit(sender["messaging_limit"])
 
-    def _take_fault(self, kinds: Iterable[str], path: str, phone: Any) -> Fault | None:
-        """Use up once the first matching pending fault of ``kinds``, then sleep its ``delay``."""
+    def _take_fault(self, kinds: Iterable[str], api_path: str, phone: Any) -> Fault | None:
+        """Use up once the first pending fault of ``kinds`` for this API path and recipient."""
         with self._lock:
             for fault in self._faults:
                 if (
                     fault.fault in kinds
-                    and (fault.path is None or fault.path in path)
+                    and (fault.path is None or fault.path == api_path)
                     and (fault.recipient_phone is None or fault.recipient_phone == phone)
                 ):
                     fault.times -= 1
                     if fault.times == 0:
                         self._faults.remove(fault)
-                    break
-            else:
-                return None
-        if fault.delay:
-            time.sleep(fault.delay)  # outside the lock: other requests go on meanwhile
-        return fault
+                    return fault
+        return None
+
+    def _wait(self, seconds: float | None) -> bool:
+        """Hold the calling request (never under the lock); ``False`` when the sandbox stops meanwhile."""
+        if not seconds:
+            return True
+        return not self._stopping.wait(seconds)
 
     @staticmethod
     def _fault_reply(fault: Fault) -> _Reply | None:
@@ -570,11 +630,12 @@ class FamulorSandbox:
         return _json(200, {"name": "Sandbox User", "email": "sandbox@example.com", "total_balance": 248.75})
 
     def _list_senders(self, match: re.Match[str], query: _Query, body: _Body) -> _Reply:
+        # The documented filter values; "all" also shows dashboard-only states such as "connecting".
         status = query.get("status") or "online"
-        if status not in ("online", "all"):
+        if status not in ("online", "offline", "all"):
             return _validation_error({"status": ["The selected status is invalid."]})
         with self._lock:
-            data = [s for s in self._senders.values() if status == "all" or s.get("status") == "online"]
+            data = [s for s in self._senders.values() if status == "all" or s.get("status") == status]
             return _json(200, {"data": data})
 
     def _list_templates(self, match: re.Match[str], query: _Query, body: _Body) -> _Reply:
@@ -633,12 +694,16 @@ class FamulorSandbox:
         """Check, bill and record one template (``template_id``) or free-form (``message``) send."""
         freeform = message is not None
         kinds = SEND_FAULTS if freeform else SEND_FAULTS - {"session_expired"}
-        fault = self._take_fault(kinds, "/api" + path, phone)
+        fault = self._take_fault(kinds, path, phone)
+        if fault is not None and not self._wait(fault.delay):
+            return None
         offline_status = 503 if freeform else 422  # the API's own inconsistency, per its docs
         if fault is not None and fault.fault == "insufficient_balance":
             return _error(402, "INSUFFICIENT_BALANCE", "Insufficient balance. Please top up your account.")
         if fault is not None and fault.fault == "sender_offline":
             return _error(offline_status, "SENDER_OFFLINE", "The WhatsApp sender is offline")
+        if fault is not None and fault.fault == "invalid_phone":
+            return _error(422, "INVALID_PHONE", _INVALID_PHONE)
         if fault is not None and fault.fault == "session_expired":
             return _session_expired()
         with self._lock:
@@ -665,7 +730,7 @@ class FamulorSandbox:
             conversation_id = self._conversations.setdefault(key, 501 + len(self._conversations))
             message_id = self._next_message_id
             self._next_message_id += 1
-            self._ledger.append(
+            self._record_message(
                 {
                     "message_id": message_id,
                     "conversation_id": conversation_id,
@@ -674,13 +739,14 @@ class FamulorSandbox:
                     "recipient_phone": phone,
                     "recipient_name": recipient_name,
                     "template_id": template_id,
-                    "variables": copy.deepcopy(variables),
+                    "variables": variables,
                     "message": message,
                     "accepted_at": time.time(),
                 }
             )
-        if self._take_fault({"accept_then_drop"}, "/api" + path, phone) is not None:
-            return None
+        fault = self._take_fault(FAULTS_AFTER_ACCEPT, path, phone)
+        if fault is not None and (not self._wait(fault.delay) or fault.fault == "accept_then_drop"):
+            return None  # billed, but the client never learns it
         return _json(
             200,
             {
@@ -693,18 +759,27 @@ class FamulorSandbox:
             },
         )
 
-    def _rate_limited(self) -> bool:
-        # Only one key is ever authorized, so "per key" is a single rolling window.
-        if self.send_rate_limit is None:
-            return False
+    def _record_message(self, entry: dict[str, Any]) -> None:
+        """Bill one message (the caller holds the lock)."""
+        self._ledger.append(json.dumps(entry).encode())
+
+    def _throttle(self) -> int | None:
+        """Count one send against the limit; the seconds to wait (``Retry-After``) when over it."""
+        limit = self.send_rate_limit
+        if not limit:
+            return None
+        # One key is ever authorized, so "per account" is a single rolling window. Like Laravel's
+        # throttle, a refused attempt does not count.
+        capacity = max(1, int(limit))
+        window = capacity / limit
         with self._lock:
             now = time.monotonic()
-            while self._send_times and self._send_times[0] <= now - 1:
+            while self._send_times and self._send_times[0] <= now - window:
                 self._send_times.popleft()
-            if len(self._send_times) >= self.send_rate_limit:
-                return True
+            if len(self._send_times) >= capacity:
+                return max(1, math.ceil(self._send_times[-capacity] + window - now))
             self._send_times.append(now)
-            return False
+            return None
 
     def _session_status(self, match: re.Match[str], query: _Query, body: _Body) -> _Reply:
         errors: dict[str, list[str]] = {}
@@ -752,13 +827,38 @@ class FamulorSandbox:
 
     # The control API, for a sandbox running in another process
 
-    def _control(self, method: str, path: str, body: dict[str, Any]) -> _Reply:
+    def _page(self, rows: list[Any], query: _Query, to_json: Callable[[Any], bytes]) -> _Reply:
+        """``{"data": [...], "total", "next_since"}`` for ``rows[since:since + limit]``."""
+        since = int(query.get("since") or 0)
+        limit = None if query.get("limit") in (None, "") else int(query["limit"])
+        if since < 0 or (limit is not None and limit < 0):
+            raise ValueError("since and limit must be at least 0")
+        with self._lock:
+            total = len(rows)
+            page = rows[since:] if limit is None else rows[since : since + limit]
+        # Serialized outside the lock: rows are only ever appended, never replaced.
+        data = b",".join(to_json(row) for row in page)
+        tail = b'], "total": %d, "next_since": %d}' % (total, min(since, total) + len(page))
+        return _Reply(200, b'{"data": [' + data + tail)
+
+    def _control(self, method: str, path: str, query: _Query, body: _Body) -> _Reply:
+        """
+        The ``/_sandbox`` endpoints (no auth; the sandbox listens on loopback only).
+
+        ``GET /_sandbox/ledger`` and ``GET /_sandbox/requests`` answer ``{"data": [...], "total": T,
+        "next_since": N}``; ``?since=N`` skips the first N entries and ``?limit=L`` caps the page, so
+        a poller asks for ``since=<the last next_since>`` and reads only what is new.
+        ``POST /_sandbox/faults`` takes ``inject``'s arguments as a JSON object (``fault``, ``path``,
+        ``recipient_phone``, ``delay``...); ``DELETE /_sandbox/faults`` clears them.
+        ``POST /_sandbox/sessions`` takes ``open_session``'s; ``POST /_sandbox/senders/<id>`` takes
+        sender fields, plus ``after_seconds`` to schedule the change.
+        """
         ok = _json(200, {"ok": True})
         try:
             if (method, path) == ("GET", "/_sandbox/ledger"):
-                return _json(200, {"data": self.ledger})
+                return self._page(self._ledger, query, lambda entry: entry)
             if (method, path) == ("GET", "/_sandbox/requests"):
-                return _json(200, {"data": [asdict(r) for r in self.requests]})
+                return self._page(self._requests, query, lambda r: json.dumps(_request_dict(r)).encode())
             if (method, path) == ("POST", "/_sandbox/faults"):
                 self.inject(**body)
                 return ok
@@ -784,6 +884,17 @@ class FamulorSandbox:
         return _json(404, {"message": f"No sandbox control endpoint {method} {path}"})
 
 
+def _request_dict(record: RecordedRequest) -> dict[str, Any]:
+    return {
+        "method": record.method,
+        "path": record.path,
+        "query": record.query,
+        "monotonic": record.monotonic,
+        "wall_time": record.wall_time,
+        "status": record.status,
+    }
+
+
 def _session_expired() -> _Reply:
     return _error(
         403, "SESSION_EXPIRED", "The 24-hour session has expired. Send a template message to reopen it."
@@ -791,7 +902,10 @@ def _session_expired() -> _Reply:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a request stuck in a "delay" fault must not block stop()
+    # A request held by a "delay" or "hang" fault, or an idle client, must not block stop():
+    # server_close() would otherwise join every handler thread.
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(self, address: tuple[str, int], sandbox: FamulorSandbox) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from famulor_provider.testing import SANDBOX_API_KEY, SEED_SENDERS, FamulorSandbox
+from famulor_provider.testing import DEFAULT_SEND_RATE_LIMIT, SANDBOX_API_KEY, SEED_SENDERS, FamulorSandbox
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ pytest_plugins = ["pytester"]
 
 AUTH = {"Authorization": f"Bearer {SANDBOX_API_KEY}", "Accept": "application/json"}
 PHONE = "+4915112345678"
+OTHER = "+4915100000000"
 
 
 @pytest.fixture
@@ -160,8 +162,19 @@ def test_senders_online_by_default_and_all(sandbox: FamulorSandbox) -> None:
     assert everyone[-1]["quality_rating"] is None
 
 
-def test_senders_unknown_status_is_422(sandbox: FamulorSandbox) -> None:
-    response = call(sandbox, "GET", "/user/whatsapp/senders", params={"status": "offline"})
+def test_senders_offline(sandbox: FamulorSandbox) -> None:
+    offline = call(sandbox, "GET", "/user/whatsapp/senders", params={"status": "offline"})
+    assert offline.status_code == 200
+    assert [(s["id"], s["status"]) for s in offline.json()["data"]] == [(31, "offline")]
+    sandbox.set_sender(12, status="offline")
+    offline = call(sandbox, "GET", "/user/whatsapp/senders", params={"status": "offline"})
+    assert [s["id"] for s in offline.json()["data"]] == [12, 31]  # not 33: "connecting" is no "offline"
+    assert [s["id"] for s in call(sandbox, "GET", "/user/whatsapp/senders").json()["data"]] == [15, 21, 27]
+
+
+@pytest.mark.parametrize("status", ["OFFLINE", "connecting", "any"])
+def test_senders_unknown_status_is_422(sandbox: FamulorSandbox, status: str) -> None:
+    response = call(sandbox, "GET", "/user/whatsapp/senders", params={"status": status})
     assert response.status_code == 422
     assert response.json() == {
         "message": "The selected status is invalid.",
@@ -360,16 +373,63 @@ def test_session_status_errors(sandbox: FamulorSandbox) -> None:
     assert set(missing.json()["errors"]) == {"sender_id", "recipient_phone"}
 
 
-def test_send_rate_limit() -> None:
+def test_send_rate_limit_is_on_by_default_and_rolls(sandbox: FamulorSandbox) -> None:
+    assert sandbox.send_rate_limit == DEFAULT_SEND_RATE_LIMIT == 5
+    sandbox.inject("insufficient_balance", recipient_phone=OTHER)
+    first_send = time.monotonic()
+    codes = [send(sandbox, recipient_phone=f"+49151000000{i}").status_code for i in range(5)]
+    limited = send(sandbox, recipient_phone=OTHER)
+    assert codes == [200] * 5
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "1"
+    assert limited.json() == {"message": "Too Many Attempts.", "retry_after": 1}
+    assert freeform(sandbox).status_code == 429  # one limit for every send
+    assert call(sandbox, "GET", "/user/me").status_code == 200  # reads are not limited
+    assert len(sandbox.ledger) == 5  # a 429 bills nothing
+    assert [r.status for r in sandbox.requests if r.method == "POST"] == [200] * 5 + [429, 429]
+
+    time.sleep(max(0.0, first_send + 1.05 - time.monotonic()))  # the window rolls on
+    refused = send(sandbox, recipient_phone=OTHER)  # the 429 did not use up the recipient's fault
+    assert (refused.status_code, refused.json()["error_code"]) == (402, "INSUFFICIENT_BALANCE")
+    assert send(sandbox, recipient_phone=OTHER).status_code == 200
+    assert len(sandbox.ledger) == 6
+
+
+def test_send_rate_limit_counts_refused_sends_and_validation_errors() -> None:
     with FamulorSandbox(send_rate_limit=2) as sb:
-        codes = [send(sb).status_code for _ in range(2)]
+        assert send(sb, template_id=1204).status_code == 422  # TEMPLATE_NOT_APPROVED
+        assert call(sb, "POST", "/user/whatsapp/send", json={}).status_code == 422  # validation
         limited = send(sb, sender_id="not validated before the throttle")
-        assert codes == [200, 200]
         assert limited.status_code == 429
-        assert limited.headers["Retry-After"] == "1"
-        assert limited.json() == {"message": "Too Many Attempts.", "retry_after": 1}
-        assert call(sb, "GET", "/user/me").status_code == 200  # reads are not limited
-        assert len(sb.ledger) == 2
+        assert sb.ledger == []
+
+
+def test_a_fractional_send_rate_limit_spreads_the_window() -> None:
+    with FamulorSandbox(send_rate_limit=0.5) as sb:  # one send per 2 s
+        assert send(sb).status_code == 200
+        limited = send(sb)
+        assert (limited.status_code, limited.headers["Retry-After"]) == (429, "2")
+        assert limited.json()["retry_after"] == 2
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_send_rate_limit_off(limit: float | None) -> None:
+    with FamulorSandbox(send_rate_limit=limit) as sb:
+        assert sb.send_rate_limit is None
+        assert {send(sb, recipient_phone=f"+4915100000{i:02d}").status_code for i in range(15)} == {200}
+        assert len(sb.ledger) == 15
+
+
+def test_send_rate_limit_can_change_while_running(sandbox: FamulorSandbox) -> None:
+    sandbox.send_rate_limit = None
+    assert {send(sandbox).status_code for _ in range(8)} == {200}
+    sandbox.send_rate_limit = 1  # sends made while it was off do not count
+    assert [send(sandbox).status_code for _ in range(2)] == [200, 429]
+
+
+def test_send_rate_limit_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="send_rate_limit"):
+        FamulorSandbox(send_rate_limit=-1)
 
 
 # Sender changes
@@ -416,8 +476,9 @@ def test_a_later_set_sender_wins_over_an_overdue_scheduled_change(sandbox: Famul
 
 
 def test_status_fault_by_path_and_times(sandbox: FamulorSandbox) -> None:
-    sandbox.inject("status", path="/senders", times=2, status=503)
+    sandbox.inject("status", path="/user/whatsapp/senders", times=2, status=503)
     assert call(sandbox, "GET", "/user/me").status_code == 200  # other paths unaffected
+    assert call(sandbox, "GET", "/user/whatsapp/senders/12/templates").status_code == 200  # exact match
     first = call(sandbox, "GET", "/user/whatsapp/senders")
     assert (first.status_code, first.json()) == (503, {"message": "Service Unavailable"})
     assert call(sandbox, "GET", "/user/whatsapp/senders").status_code == 503
@@ -467,7 +528,7 @@ def test_delay_fault(sandbox: FamulorSandbox) -> None:
 
 
 def test_drop_fault_loses_the_request_before_anything_happens(sandbox: FamulorSandbox) -> None:
-    sandbox.inject("drop", path="/whatsapp/send")
+    sandbox.inject("drop", path="/user/whatsapp/send")
     with pytest.raises(requests.ConnectionError):
         send(sandbox)
     assert sandbox.ledger == []
@@ -476,7 +537,7 @@ def test_drop_fault_loses_the_request_before_anything_happens(sandbox: FamulorSa
 
 
 def test_accept_then_drop_bills_but_loses_the_response(sandbox: FamulorSandbox) -> None:
-    sandbox.inject("accept_then_drop", path="/whatsapp/send")
+    sandbox.inject("accept_then_drop", path="/user/whatsapp/send")
     with pytest.raises(requests.ConnectionError):
         send(sandbox)
     assert [(e["message_id"], e["recipient_phone"]) for e in sandbox.ledger] == [(1001, PHONE)]
@@ -484,6 +545,7 @@ def test_accept_then_drop_bills_but_loses_the_response(sandbox: FamulorSandbox) 
 
 
 def test_send_faults(sandbox: FamulorSandbox) -> None:
+    sandbox.send_rate_limit = None
     sandbox.open_session(12, PHONE)
     sandbox.inject("sender_offline", times=2)
     sandbox.inject("insufficient_balance")
@@ -516,6 +578,113 @@ def test_inject_rejects_bad_faults(sandbox: FamulorSandbox) -> None:
         sandbox.inject("status")
     with pytest.raises(ValueError, match="times"):
         sandbox.inject("drop", times=0)
+    with pytest.raises(ValueError, match="delay"):
+        sandbox.inject("hang", delay=-1)
+    for path in ("/api/user/me", "user/me", "/user/me?x=1", "/api"):
+        with pytest.raises(ValueError, match="without the /api prefix"):
+            sandbox.inject("drop", path=path)
+
+
+def test_fault_path_is_an_exact_api_path(sandbox: FamulorSandbox) -> None:
+    sandbox.open_session(12, PHONE)
+    sandbox.inject("status", path="/user/whatsapp/send", status=500, times=2)
+    sandbox.inject("html", path="/user/whatsapp/senders/12/templates/")  # a trailing "/" is ignored
+    assert freeform(sandbox).status_code == 200  # /send-freeform is another path
+    assert call(sandbox, "GET", "/user/whatsapp/senders").status_code == 200
+    assert send(sandbox).status_code == 500
+    assert call(sandbox, "POST", "/user/whatsapp/send/", json={}).status_code == 500  # same route
+    templates = call(sandbox, "GET", "/user/whatsapp/senders/12/templates")
+    assert templates.headers["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("fault", "template_answer", "freeform_answer"),
+    [
+        ("invalid_phone", (422, "INVALID_PHONE"), (422, "INVALID_PHONE")),
+        ("sender_offline", (422, "SENDER_OFFLINE"), (503, "SENDER_OFFLINE")),
+        ("insufficient_balance", (402, "INSUFFICIENT_BALANCE"), (402, "INSUFFICIENT_BALANCE")),
+    ],
+)
+def test_send_refusals_for_one_recipient(
+    sandbox: FamulorSandbox, fault: str, template_answer: tuple[int, str], freeform_answer: tuple[int, str]
+) -> None:
+    sandbox.open_session(12, OTHER)
+    sandbox.inject(fault, recipient_phone=OTHER, times=2)
+    assert send(sandbox).status_code == 200  # another recipient
+    refused = send(sandbox, recipient_phone=OTHER)
+    assert (refused.status_code, refused.json()["error_code"]) == template_answer
+    assert refused.json()["success"] is False
+    refused = freeform(sandbox, recipient_phone=OTHER)
+    assert (refused.status_code, refused.json()["error_code"]) == freeform_answer
+    assert send(sandbox, recipient_phone=OTHER).status_code == 200  # used up
+    assert [e["recipient_phone"] for e in sandbox.ledger] == [PHONE, OTHER]
+
+
+@pytest.mark.parametrize("name", ["accept_then_drop", "lost_response"])
+def test_lost_response_for_one_recipient(sandbox: FamulorSandbox, name: str) -> None:
+    sandbox.inject(name, recipient_phone=OTHER)
+    assert send(sandbox).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        send(sandbox, recipient_phone=OTHER)
+    assert [e["recipient_phone"] for e in sandbox.ledger] == [PHONE, OTHER]  # billed all the same
+    assert sandbox.requests[-1].status is None
+    assert send(sandbox, recipient_phone=OTHER).json()["message_id"] == 1003
+
+
+def test_hang_bills_then_answers_late_on_the_open_connection(sandbox: FamulorSandbox) -> None:
+    sandbox.inject("hang", recipient_phone=OTHER, delay=0.5)
+    assert send(sandbox).status_code == 200  # another recipient: no wait
+    answers: list[requests.Response] = []
+    started = time.monotonic()
+    client = threading.Thread(target=lambda: answers.append(send(sandbox, recipient_phone=OTHER)))
+    client.start()
+    wait_for(lambda: len(sandbox.ledger) == 2)
+    assert client.is_alive()  # billed, the answer still held back
+    assert sandbox.requests[-1].status is None
+    client.join(timeout=5)
+    assert time.monotonic() - started >= 0.5
+    assert (answers[0].status_code, answers[0].json()["message_id"]) == (200, 1002)
+    assert sandbox.requests[-1].status == 200
+    assert send(sandbox, recipient_phone=OTHER).status_code == 200  # used up
+
+
+def test_hang_by_default_outlasts_the_client(sandbox: FamulorSandbox) -> None:
+    sandbox.inject("hang", path="/user/whatsapp/send-freeform")
+    sandbox.open_session(12, PHONE)
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(
+            sandbox.base_url + "/user/whatsapp/send-freeform",
+            json={"sender_id": 12, "recipient_phone": PHONE, "message": "hi"},
+            headers=AUTH,
+            timeout=0.3,
+        )
+    assert [e["kind"] for e in sandbox.ledger] == ["freeform"]
+
+
+@pytest.mark.parametrize("fault", [{"fault": "hang"}, {"fault": "delay", "delay": 60}])
+def test_stop_is_prompt_while_requests_are_held(fault: dict[str, Any]) -> None:
+    sb = FamulorSandbox().start()
+    port = sb.port
+    sb.inject(**fault)
+    outcome: list[BaseException | requests.Response] = []
+
+    def client() -> None:
+        try:
+            outcome.append(send(sb))  # timeout=5: long enough to see the connection close
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    wait_for(lambda: len(sb.requests) == 1)
+    time.sleep(0.1)  # let the handler reach its wait
+    started = time.monotonic()
+    sb.stop()
+    assert time.monotonic() - started < 1
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], requests.ConnectionError)  # closed without an answer
+    assert not is_listening(port)
 
 
 # Control API
@@ -554,6 +723,67 @@ def test_control_api(sandbox: FamulorSandbox) -> None:
     assert (recorded[-1]["path"], recorded[-1]["method"]) == ("/api/user/whatsapp/send-freeform", "POST")
 
 
+def test_control_api_injects_recipient_faults_and_hangs(sandbox: FamulorSandbox) -> None:
+    control = sandbox.base_url.removesuffix("/api") + "/_sandbox"
+    faults = [
+        {"fault": "invalid_phone", "recipient_phone": OTHER, "path": "/user/whatsapp/send"},
+        {"fault": "hang", "recipient_phone": PHONE, "delay": 0.3},
+        {"fault": "lost_response", "recipient_phone": "+4915122222222"},
+    ]
+    for fault in faults:
+        assert requests.post(f"{control}/faults", json=fault, timeout=5).json() == {"ok": True}
+    assert send(sandbox, recipient_phone=OTHER).json()["error_code"] == "INVALID_PHONE"
+    started = time.monotonic()
+    assert send(sandbox).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(requests.ConnectionError):
+        send(sandbox, recipient_phone="+4915122222222")
+    bad = requests.post(f"{control}/faults", json={"fault": "drop", "path": "/api/user/me"}, timeout=5)
+    assert bad.status_code == 400
+    assert "/api prefix" in bad.json()["message"]
+
+
+def test_control_ledger_and_requests_pages(sandbox: FamulorSandbox) -> None:
+    control = sandbox.base_url.removesuffix("/api") + "/_sandbox"
+    for i in range(3):
+        send(sandbox, recipient_phone=f"+491510000000{i}")
+    everything = requests.get(f"{control}/ledger", timeout=5).json()
+    assert everything == {"data": sandbox.ledger, "total": 3, "next_since": 3}
+    page = requests.get(f"{control}/ledger", params={"since": 1, "limit": 1}, timeout=5).json()
+    assert ([e["message_id"] for e in page["data"]], page["total"], page["next_since"]) == ([1002], 3, 2)
+    rest = requests.get(f"{control}/ledger", params={"since": 2}, timeout=5).json()
+    assert ([e["message_id"] for e in rest["data"]], rest["next_since"]) == ([1003], 3)
+    beyond = requests.get(f"{control}/ledger", params={"since": 10}, timeout=5).json()
+    assert beyond == {"data": [], "total": 3, "next_since": 3}
+    recorded = requests.get(f"{control}/requests", params={"since": 2}, timeout=5).json()
+    assert [(r["method"], r["status"]) for r in recorded["data"]] == [("POST", 200)]
+    assert (recorded["total"], recorded["next_since"]) == (3, 3)
+    assert set(recorded["data"][0]) == {"method", "path", "query", "monotonic", "wall_time", "status"}
+    for params in ({"since": "x"}, {"since": -1}, {"limit": -1}):
+        assert requests.get(f"{control}/ledger", params=params, timeout=5).status_code == 400
+
+
+def test_control_ledger_stays_fast_with_100k_entries(sandbox: FamulorSandbox) -> None:
+    control = sandbox.base_url.removesuffix("/api") + "/_sandbox"
+    send(sandbox)
+    (entry,) = sandbox.ledger
+    with sandbox._lock:  # 100,000 real sends would take minutes
+        for i in range(1, 100_000):
+            sandbox._record_message({**entry, "message_id": 1001 + i})
+    started = time.monotonic()
+    tail = requests.get(f"{control}/ledger", params={"since": 99_990}, timeout=5).json()
+    paged = time.monotonic() - started
+    assert [e["message_id"] for e in tail["data"]] == list(range(100_991, 101_001))
+    assert tail["next_since"] == 100_000
+    started = time.monotonic()
+    response = requests.get(f"{control}/ledger", timeout=30)
+    full = time.monotonic() - started
+    assert response.content.count(b'"message_id": ') == 100_000
+    assert response.content.endswith(b'], "total": 100000, "next_since": 100000}')
+    assert paged < 0.5  # about 10 ms on a laptop
+    assert full < 10  # about 0.3 s; the old deep copy took 4 s
+
+
 # CLI
 
 
@@ -582,15 +812,58 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
             return [s["id"] for s in response.json()["data"]]
 
         wait_for(lambda: 31 in online_ids())
+        body = {"sender_id": 12, "template_id": 1201, "recipient_phone": PHONE}
+        sends = [
+            requests.post(f"{base_url}/user/whatsapp/send", json=body, headers=headers, timeout=5)
+            for _ in range(6)
+        ]
+        assert [r.status_code for r in sends] == [200] * 5 + [429]  # the API's limit, by default
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
         assert proc.returncode == 0
-        assert f"listening on {base_url}" in out
+        assert f"listening on {base_url} (send rate limit: 5 sends/s per account)" in out
         assert not is_listening(port)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_cli_send_rate_limit_option(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "famulor_provider.testing", "serve", "--port-file", str(port_file),
+         "--send-rate-limit", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=20)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        url = f"http://127.0.0.1:{int(port_file.read_text())}/api/user/whatsapp/send"
+        body = {"sender_id": 12, "template_id": 1201, "recipient_phone": PHONE}
+        codes = {requests.post(url, json=body, headers=AUTH, timeout=5).status_code for _ in range(10)}
+        assert codes == {200}
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        assert "(send rate limit: off)" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("value", ["-1", "fast", "inf"])
+def test_cli_refuses_a_bad_send_rate_limit(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "famulor_provider.testing", "serve", "--send-rate-limit", value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--send-rate-limit" in result.stderr
 
 
 def test_cli_refuses_a_non_loopback_host() -> None:
@@ -614,6 +887,23 @@ def test_fixture_sets_the_default_connection(famulor_sandbox: FamulorSandbox) ->
     assert call(famulor_sandbox, "GET", "/user/me").status_code == 200
 
 
+def test_fixture_limits_sends_as_the_api(famulor_sandbox: FamulorSandbox) -> None:
+    assert famulor_sandbox.send_rate_limit == 5
+    codes = [send(famulor_sandbox, recipient_phone=f"+4915100000{i:02d}").status_code for i in range(6)]
+    assert codes == [200] * 5 + [429]
+
+
+@pytest.mark.famulor_sandbox(send_rate_limit=None, api_key="marked-key")
+def test_fixture_marker_configures_the_sandbox(famulor_sandbox: FamulorSandbox) -> None:
+    assert famulor_sandbox.send_rate_limit is None
+    headers = {"Authorization": "Bearer marked-key"}
+    body = {"sender_id": 12, "template_id": 1201, "recipient_phone": PHONE}
+    sends = [
+        call(famulor_sandbox, "POST", "/user/whatsapp/send", json=body, headers=headers) for _ in range(10)
+    ]
+    assert {r.status_code for r in sends} == {200}
+
+
 def test_fixture_works_with_the_hook(famulor_sandbox: FamulorSandbox) -> None:
     from famulor_provider.hooks.famulor import FamulorHook
 
@@ -634,6 +924,25 @@ def test_fixture_stops_the_server_when_the_test_fails(pytester: pytest.Pytester,
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     assert not is_listening(int(port_file.read_text()))
+
+
+def test_fixture_marker_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.famulor_sandbox(send_rate_limit=0.5)
+        def test_marked(famulor_sandbox):
+            assert famulor_sandbox.send_rate_limit == 0.5
+
+        @pytest.mark.famulor_sandbox(2)
+        def test_positional(famulor_sandbox):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*keyword arguments only*"])
 
 
 def test_seed_data_is_exported() -> None:
