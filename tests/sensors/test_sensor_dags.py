@@ -93,7 +93,8 @@ def test_the_example_dag_defers_until_the_sender_is_online_and_prepares_the_camp
     run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, trigger_polls: list[str]
 ) -> None:
     monkeypatch.setenv("FAMULOR_EXAMPLE_POKE_INTERVAL", "0.2")
-    famulor_sandbox.schedule_sender(33, 1.0, status="online")
+    # Late enough that the first poke finds it still connecting, even on a loaded machine.
+    famulor_sandbox.schedule_sender(33, 4.0, status="online")
 
     result = run_dag(EXAMPLE_DAG, "famulor_wait_for_sender")
 
