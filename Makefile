@@ -90,7 +90,6 @@ airflow-db: .airflow/$(AIRFLOW_LINE)/airflow.db
 		|| { cat $(@D)/migrate.log; exit 1; }
 	@touch $@
 
-# demo: (added by the UI work) the latest line's webserver/api-server and scheduler on example_dags/
 # test-ui: browser tests of the Famulor connection form (tests/ui) on each line in
 # UI_AIRFLOW_VERSIONS: Debian's Chromium (installed with apt-get if missing) driven by Playwright
 # (pip package only, never `playwright install`); the tests start the line's web server and the
@@ -179,6 +178,20 @@ for task_id, map_index, value in rows:
 endef
 export PRINT_XCOM
 
+# demo: the WhatsApp messages the sandbox accepted since the last call (position kept in a file).
+define PRINT_LEDGER
+import json, pathlib, sys, urllib.request
+base, mark = sys.argv[1], pathlib.Path(sys.argv[2])
+since = int(mark.read_text()) if mark.exists() else 0
+page = json.load(urllib.request.urlopen(f"{base}/_sandbox/ledger?since={since}"))
+mark.write_text(str(page["next_since"]))
+print(f"--- the sandbox accepted {len(page['data'])} WhatsApp message(s) ---")
+for m in page["data"]:
+    body = repr(m["message"]) if m["kind"] == "freeform" else f"template {m['template_id']} {json.dumps(m['variables'])}"
+    print(f"  {m['message_id']}  {m['recipient_phone']:<15} {body}")
+endef
+export PRINT_LEDGER
+
 .PHONY: demo
 demo: .airflow/latest/airflow.db
 	@set -euo pipefail; home=$(CURDIR)/.airflow/latest; \
@@ -194,11 +207,13 @@ demo: .airflow/latest/airflow.db
 		[ -s $$port_file ] || { echo "sandbox did not start"; cat $$home/sandbox.log; exit 1; }; \
 		port=$$(cat $$port_file); echo "Sandbox (PID $$pid) on http://127.0.0.1:$$port/api"; \
 		export AIRFLOW_CONN_FAMULOR_DEFAULT="{\"conn_type\": \"famulor\", \"host\": \"http://127.0.0.1:$$port/api\", \"password\": \"sandbox-api-key\"}"; \
-		dags="famulor_whatsapp_senders famulor_whatsapp_campaign"; \
+		rm -f $$home/ledger.since; \
+		dags="famulor_whatsapp_senders famulor_whatsapp_campaign famulor_whatsapp_per_recipient famulor_alert_on_failure"; \
 	fi; \
 	for dag in $$dags; do \
 		echo "=== airflow dags test $$dag ==="; \
 		$(call airflow_env,latest) .venv/bin/airflow dags test $$dag >$$home/demo-$$dag.log 2>&1 \
 			|| { tail -50 $$home/demo-$$dag.log; exit 1; }; \
 		.venv/bin/python -c "$$PRINT_XCOM" $$home/airflow.db $$dag; \
+		if [ -n "$${port:-}" ]; then .venv/bin/python -c "$$PRINT_LEDGER" http://127.0.0.1:$$port $$home/ledger.since; fi; \
 	done

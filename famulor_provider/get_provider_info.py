@@ -16,7 +16,7 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "timeout": {
         "label": "Timeout",
         "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT, "exclusiveMinimum": 0},
-        "description": "Read timeout of each request, in seconds.",
+        "description": "Seconds one attempt may take in all, from connecting to the last byte of the answer.",
     },
     "max_retries": {
         "label": "Max retries",
@@ -61,6 +61,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "Famulor", "python-modules": ["famulor_provider.triggers.whatsapp"]}
         ],
+        "notifications": ["famulor_provider.notifications.whatsapp.WhatsAppNotifier"],
         "connection-types": [
             {
                 "hook-class-name": "famulor_provider.hooks.famulor.FamulorHook",
