@@ -1,9 +1,11 @@
-"""Send an approved WhatsApp template to a list of recipients, one mapped task per recipient.
+"""Send an approved WhatsApp template to a list of recipients in one paced task.
 
-Wait for a ready sender, pick the best one by capacity, then send. Each recipient is its own
-task instance, so Airflow's task states record who was messaged. ``retries=2`` is safe: a send
-is retried only when nothing can have been sent (429, sender offline, no connection); a lost
-answer fails its task without retry ("delivery unknown"), so nobody gets a message twice.
+Wait for a ready sender, pick the best one by capacity, then run the campaign: one
+``SendWhatsAppCampaignOperator`` task checks and deduplicates every recipient before the first
+send, sends at the account's limit (5/s by default) and records each send in a ledger file
+before and after its request. ``retries=2`` is safe: a retry (or a clear) reads the ledger and
+never sends to a recipient again who was sent, or whose answer was lost, unless told to. The
+report task reads that ledger and prints each recipient's outcome.
 
 Trigger with a conf such as::
 
@@ -11,27 +13,32 @@ Trigger with a conf such as::
      "recipients": [{"recipient_phone": "+14155550101", "recipient_name": "Ada",
                      "variables": {"1": "A-1001"}}]}
 
-Needs a Famulor connection ``famulor_default`` (or the local sandbox: ``make demo``).
+``recipients`` may also be the path or URI of a CSV or JSON Lines file (``/data/list.csv``,
+``s3://bucket/list.jsonl`` with ``recipients_conn_id``). The ledger goes under
+``$AIRFLOW_HOME/famulor/campaign-ledgers``; with several workers, set ``ledger_path`` to a folder
+they all mount. Needs a Famulor connection ``famulor_default`` (or the local sandbox:
+``make demo``).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.providers.common.compat.sdk import DAG, task
 
-from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, SendWhatsAppTemplateOperator
+from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, SendWhatsAppCampaignOperator
 from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
-from famulor_provider.validation import normalize_phone
 
-RECIPIENT_KEYS = ("recipient_phone", "recipient_name", "variables")
+LEDGER_PATH = None  # the default folder; a shared folder (path or file:// URI) with several workers
 
 with DAG(
     dag_id="famulor_whatsapp_campaign",
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
+    render_template_as_native_obj=True,
     params={
         "template_name": "order_update",
         "language": "en",
@@ -46,7 +53,6 @@ with DAG(
     wait_for_sender = WhatsAppSenderSensor(
         task_id="wait_for_sender",
         quality_ratings=["GREEN", "YELLOW"],
-        min_messaging_limit="{{ params.recipients | length }}",
         poke_interval=300,  # Famulor syncs sender status with Meta every 5 minutes
         timeout=6 * 3600,
     )
@@ -54,7 +60,6 @@ with DAG(
     list_senders = ListWhatsAppSendersOperator(
         task_id="list_senders",
         quality_ratings=["GREEN", "YELLOW"],
-        min_messaging_limit="{{ params.recipients | length }}",
         order_by="capacity",
         if_empty="fail",
     )
@@ -66,44 +71,45 @@ with DAG(
         print(f"Sending from sender {best['id']} ({best['phone_number']}, {best['quality_rating']})")
         return int(best["id"])
 
-    @task
-    def recipients(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """One kwargs dict per recipient; a phone listed twice is messaged once."""
-        seen: set[str] = set()
-        kwargs = []
-        for recipient in (params or {})["recipients"]:
-            phone = normalize_phone(str(recipient["recipient_phone"]))
-            if phone in seen:
-                print(f"Skipping {phone}: listed more than once")
-                continue
-            seen.add(phone)
-            kwargs.append({key: recipient[key] for key in RECIPIENT_KEYS if recipient.get(key) is not None})
-        return kwargs
-
-    sender_id = pick_sender(list_senders.output)
-    send_template = SendWhatsAppTemplateOperator.partial(
-        task_id="send_template",
-        sender_id=sender_id,
+    send_campaign = SendWhatsAppCampaignOperator(
+        task_id="send_campaign",
+        sender_id=pick_sender(list_senders.output),
         template_name="{{ params.template_name }}",
         language="{{ params.language }}",
+        recipients="{{ params.recipients }}",
+        ledger_path=LEDGER_PATH,
         retries=2,
-        retry_delay=timedelta(seconds=5),
-    ).expand_kwargs(recipients())
+        retry_delay=timedelta(minutes=1),
+    )
 
     @task(trigger_rule="all_done")
-    def report(messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Print who got which message id; fail if any recipient has none (see its send task)."""
-        sent = {m["recipient_phone"]: m["message_id"] for m in messages}
-        wanted = {normalize_phone(str(r["recipient_phone"])) for r in (params or {})["recipients"]}
-        for phone in sorted(wanted):
-            if phone in sent:
-                print(f"{phone}: message {sent[phone]}")
-            else:  # a "delivery unknown" failure may still have sent it: its task log says how to check
-                print(f"{phone}: no message id, see its send_template task")
-        missing = sorted(wanted - set(sent))
-        if missing:
-            raise RuntimeError(f"{len(missing)} of {len(wanted)} recipient(s) got no message id: {missing}")
-        return {"sent": sent}
+    def report(ti: Any = None) -> dict[str, Any]:
+        """Print each recipient's outcome from the campaign's ledger; fail if any was not sent."""
+        from famulor_provider.campaign.ledger import ledger_file_path, read_campaign_ledger
+
+        ledger = ledger_file_path(
+            LEDGER_PATH, dag_id=ti.dag_id, run_id=ti.run_id, task_id="send_campaign", map_index=-1
+        )
+        if not os.path.exists(ledger):
+            raise RuntimeError(f"No campaign ledger at {ledger}: nothing was sent (see send_campaign)")
+        outcomes: dict[str, list[str]] = {"sent": [], "refused": [], "unknown": []}
+        sent: dict[str, Any] = {}
+        for record in read_campaign_ledger(ledger):
+            phone, outcome = record["recipient_phone"], record["outcome"]
+            outcomes[outcome].append(phone)
+            if outcome == "sent":
+                sent[phone] = record["message_id"]
+                print(f"{phone}: sent, message {record['message_id']} ({record['attempts']} attempt(s))")
+            else:  # unknown: it may have been sent; check in Famulor before sending again
+                print(f"{phone}: {outcome} ({record.get('error_code') or record.get('error')})")
+        print(f"Ledger: {ledger}")
+        not_sent = outcomes["refused"] + outcomes["unknown"]
+        if not_sent:
+            raise RuntimeError(
+                f"{len(not_sent)} recipient(s) not sent for sure: {outcomes['refused']} refused, "
+                f"{outcomes['unknown']} unknown (may have been sent). See {ledger}."
+            )
+        return {"sent": sent, "ledger": ledger}
 
     wait_for_sender >> list_senders
-    report(send_template.output)
+    send_campaign >> report()

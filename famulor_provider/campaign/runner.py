@@ -94,6 +94,12 @@ class CampaignRunner:
         self.clock = clock
         self.sleep = sleep
         self.pacer = SendPacer(send_interval(settings.max_sends_per_second), clock=clock)
+        # The API counts a send when it arrives, which may be later than we sent it (a new
+        # connection, a busy thread): the pacer's 2 % slack does not cover that. So a send also
+        # waits one window after the answer to the send ``window_sends`` before it.
+        self.window_sends = max(1, int(settings.max_sends_per_second))
+        self.window = self.window_sends / settings.max_sends_per_second
+        self.answered: deque[list[float | None]] = deque(maxlen=self.window_sends)
         self.workers = max(2, min(16, round(settings.max_sends_per_second)))
         self.outcomes: Counter[str] = Counter()  # this try's final outcomes
         self.skipped: Counter[str] = Counter()  # recipients an earlier try settled, by state
@@ -130,9 +136,20 @@ class CampaignRunner:
                         continue
                     while len(in_flight) >= self.workers:
                         self._collect(in_flight, again, block=True)
+                    self._wait_for_window()
                     self.pacer.wait("campaign", self.sleep)
+                    # Answers that came while waiting may stop, pause or hold the campaign (402,
+                    # SENDER_OFFLINE, 429): learn them before this send, not after it.
+                    before = (self.generation, self.rate_limited)
+                    self._collect(in_flight, again, block=False)
+                    if (self.generation, self.rate_limited) != before:
+                        again.appendleft(recipient)
+                        continue
                     self.ledger.record_attempt(phone)  # durable before the POST
-                    in_flight[pool.submit(self._send, recipient)] = (recipient, self.generation)
+                    answered: list[float | None] = [None]
+                    self.answered.append(answered)
+                    future = pool.submit(self._send, recipient, answered)
+                    in_flight[future] = (recipient, self.generation)
                     self._collect(in_flight, again, block=False)
             except BaseException:
                 # Stop sending, but record what the requests in flight did before leaving.
@@ -142,14 +159,32 @@ class CampaignRunner:
                 raise
         self._progress(final=True)
 
-    def _send(self, recipient: Mapping[str, Any]) -> WhatsAppMessage:
-        return self.hook.send_whatsapp_template(
-            self.settings.sender_id,
-            self.settings.template_id,
-            recipient["recipient_phone"],
-            variables=recipient.get("variables"),
-            recipient_name=recipient.get("recipient_name"),
-        )
+    def _send(self, recipient: Mapping[str, Any], answered: list[float | None]) -> WhatsAppMessage:
+        try:
+            return self.hook.send_whatsapp_template(
+                self.settings.sender_id,
+                self.settings.template_id,
+                recipient["recipient_phone"],
+                variables=recipient.get("variables"),
+                recipient_name=recipient.get("recipient_name"),
+            )
+        finally:
+            answered[0] = self.clock()
+
+    def _wait_for_window(self) -> None:
+        """Keep any window of the API's limit free of more than ``window_sends`` sends.
+
+        The API counted each send at some time before its answer, so one window after the answer
+        to the send ``window_sends`` back is safe. A send still unanswered (a slow answer) does not
+        hold the campaign: the pacer's spacing is all that applies then.
+        """
+        if len(self.answered) < self.window_sends:
+            return
+        answered = self.answered[0][0]
+        if answered is not None:
+            delay = answered + self.window - self.clock()
+            if delay > 0:
+                self.sleep(delay)
 
     def _collect(
         self,

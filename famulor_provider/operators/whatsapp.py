@@ -522,7 +522,9 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         )
         runner = CampaignRunner(send_hook, settings, ledger)
         try:
-            with send_failures(sending=True):
+            # Not sending=True: a task timeout leaves the send in flight in the ledger (unknown), so
+            # a retry cannot send it twice and may safely go on with the others.
+            with send_failures():
                 runner.run(plan, plan.unique)
         except CampaignStopped as err:
             if err.retryable:
