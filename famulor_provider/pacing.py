@@ -33,11 +33,16 @@ class SendPacer:
 
     :param interval: the minimum gap between two sends with the same key, in seconds.
     :param clock: a monotonic clock (injectable for tests).
+    :param catch_up: how far (seconds) a caller that came late may use the slot it missed, so
+        small delays do not add up over a long run (0: a late caller starts the schedule anew).
     """
 
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval: float, clock: Callable[[], float] = time.monotonic, catch_up: float = 0.0
+    ) -> None:
         self.interval = interval
         self.clock = clock
+        self.catch_up = catch_up
         self._lock = threading.Lock()
         self._next_slot: dict[str, float] = {}
 
@@ -49,9 +54,9 @@ class SendPacer:
         """
         with self._lock:
             now = self.clock()
-            slot = max(now, self._next_slot.get(key, now))
+            slot = max(now - self.catch_up, self._next_slot.get(key, now))
             self._next_slot[key] = slot + (self.interval if interval is None else interval)
-        return slot - now
+        return max(0.0, slot - now)
 
     def wait(
         self, key: str, sleep: Callable[[float], Any] = time.sleep, interval: float | None = None

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
+POOL_SIZE = 16  # keep-alive connections per host: the campaign sends from up to 16 threads
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 
@@ -181,7 +182,7 @@ class DeadlineAdapter(HTTPAdapter):
 def new_session(headers: Mapping[str, str]) -> requests.Session:
     """A keep-alive ``requests`` session with deadline-aware connections and the given headers."""
     session = requests.Session()
-    adapter = DeadlineAdapter()
+    adapter = DeadlineAdapter(pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update(headers)

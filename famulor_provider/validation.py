@@ -153,13 +153,16 @@ def check_variables(value: Any, name: str = "variables") -> dict[str, Any] | Non
     """
     if is_blank(value) or value == {}:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str):  # a rendered template: JSON (``| tojson``) or a dict's Python text
         try:
             value = json.loads(value)
         except ValueError:
-            raise FamulorValidationError(
-                name, f'expected a mapping or its JSON text such as {{"1": "A-1234"}}, got {value!r}'
-            ) from None
+            try:
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                raise FamulorValidationError(
+                    name, f'expected a mapping or its text such as {{"1": "A-1234"}}, got {value!r}'
+                ) from None
     if not isinstance(value, Mapping):
         raise FamulorValidationError(
             name, f'expected a mapping such as {{"1": "A-1234"}}, got {type(value).__name__}'

@@ -78,6 +78,38 @@ def run_dag(airflow_db: Path) -> Callable[..., DagRunResult]:
 
 
 @pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sync hook records its sleeps (retry waits, pacing) here instead of sleeping."""
+    from famulor_provider.hooks.famulor import FamulorHook
+
+    slept: list[float] = []
+    monkeypatch.setattr(FamulorHook, "sleep", staticmethod(slept.append))
+    return slept
+
+
+@pytest.fixture
+def async_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The async hook (the trigger's) records its retry waits here instead of sleeping."""
+    from famulor_provider.hooks.famulor import FamulorHook
+
+    slept: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(FamulorHook, "async_sleep", staticmethod(no_wait))
+    return slept
+
+
+@pytest.fixture
+def wrong_key(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's ``famulor_default`` connection with a key the sandbox refuses (401)."""
+    from famulor_fixtures import set_sandbox_conn
+
+    set_sandbox_conn(monkeypatch, famulor_sandbox, password="not-the-key")
+
+
+@pytest.fixture
 def airflow_conn(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """
     Set a connection for this test only, as an ``AIRFLOW_CONN_<ID>`` env var in JSON form.

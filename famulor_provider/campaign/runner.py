@@ -30,6 +30,7 @@ from famulor_provider.exceptions import (
     FamulorValidationError,
 )
 from famulor_provider.pacing import SendPacer, send_interval
+from famulor_provider.transport import POOL_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -93,14 +94,17 @@ class CampaignRunner:
         self.ledger = ledger
         self.clock = clock
         self.sleep = sleep
-        self.pacer = SendPacer(send_interval(settings.max_sends_per_second), clock=clock)
+        interval = send_interval(settings.max_sends_per_second)
+        # One slot of catch-up keeps the schedule through small delays (an fsync, a busy core);
+        # the window below still bounds what reaches the API.
+        self.pacer = SendPacer(interval, clock=clock, catch_up=interval)
         # The API counts a send when it arrives, which may be later than we sent it (a new
         # connection, a busy thread): the pacer's 2 % slack does not cover that. So a send also
         # waits one window after the answer to the send ``window_sends`` before it.
         self.window_sends = max(1, int(settings.max_sends_per_second))
         self.window = self.window_sends / settings.max_sends_per_second
         self.answered: deque[list[float | None]] = deque(maxlen=self.window_sends)
-        self.workers = max(2, min(16, round(settings.max_sends_per_second)))
+        self.workers = max(2, min(POOL_SIZE, round(settings.max_sends_per_second)))
         self.outcomes: Counter[str] = Counter()  # this try's final outcomes
         self.skipped: Counter[str] = Counter()  # recipients an earlier try settled, by state
         self.rate_limited = 0  # answers 429

@@ -5,45 +5,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import (
-    AirflowFailException,
-    AirflowSkipException,
-    AirflowTaskTimeout,
-    BaseOperator,
-)
+from airflow.providers.common.compat.sdk import BaseOperator
 
-from famulor_provider.exceptions import (
-    FamulorAuthError,
-    FamulorDeliveryUnknownError,
-    FamulorError,
-    FamulorInsufficientBalanceError,
-    FamulorInvalidPhoneError,
-    FamulorSessionExpiredError,
-    FamulorTemplateError,
-    FamulorValidationError,
-)
 from famulor_provider.hook_mixin import FamulorHookMixin
-from famulor_provider.validation import (
-    MAX_MESSAGE_CHARS,
-    MAX_RECIPIENT_NAME_CHARS,
-    as_list,
-    check_choice,
-    check_flag,
-    check_id,
-    check_phone,
-    check_positive_number,
-    check_text,
-    check_variables,
-    is_blank,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
 
-# The models, the hook and the log tables are imported inside execute(): a DAG file that imports
-# this module pays only for the classes below.
+# Everything but the base classes is imported inside the methods that run on the worker: a DAG
+# file that imports this module pays only for creating the operator classes.
 IF_EMPTY_CHOICES = ("succeed", "skip", "fail")
 ORDER_BY_CHOICES = (None, "capacity")
 SENDER_STATUS_CHOICES = ("online", "offline", "all")
@@ -108,8 +80,12 @@ class ListWhatsAppSendersOperator(FamulorHookMixin, BaseOperator):
         self.if_empty = if_empty
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow.providers.common.compat.sdk import AirflowSkipException
+
+        from famulor_provider.exceptions import FamulorError
         from famulor_provider.log_tables import sender_table
         from famulor_provider.models import SenderCriteria, order_by_capacity
+        from famulor_provider.validation import check_choice, is_blank
 
         status = check_choice("status", self.status, SENDER_STATUS_CHOICES)
         if_empty = check_choice("if_empty", self.if_empty, IF_EMPTY_CHOICES)
@@ -142,33 +118,46 @@ class ListWhatsAppSendersOperator(FamulorHookMixin, BaseOperator):
 
 # -- templates and sends ---------------------------------------------------------------------------
 
-# Failures a later try cannot fix: the task fails without retry. Everything else that a send
-# raises (429 left after the retries, sender offline, never connected, other refusals) means
-# nothing was sent, so Airflow's own ``retries`` may safely try again.
-FINAL_ERRORS: tuple[type[FamulorError], ...] = (
-    FamulorValidationError,
-    FamulorInsufficientBalanceError,
-    FamulorTemplateError,
-    FamulorInvalidPhoneError,
-    FamulorSessionExpiredError,
-    FamulorAuthError,
-)
-
 
 @contextmanager
 def send_failures(*, sending: bool = False) -> Iterator[None]:
     """Turn failures that a task retry must not repeat into ``AirflowFailException`` (no retry).
 
+    Failures a later try cannot fix (bad input, balance, template, invalid phone, expired
+    session, bad key) and delivery-unknown ones fail without retry. Everything else a send raises
+    (429 left after the retries, sender offline, never connected) means nothing was sent, so
+    Airflow's own ``retries`` may safely try again.
+
     :param sending: a send may be in flight: a task timeout here may leave a sent message
         behind, so it fails without retry too.
     """
+    from airflow.providers.common.compat.sdk import AirflowFailException, AirflowTaskTimeout
+
+    from famulor_provider.exceptions import (
+        FamulorAuthError,
+        FamulorDeliveryUnknownError,
+        FamulorInsufficientBalanceError,
+        FamulorInvalidPhoneError,
+        FamulorSessionExpiredError,
+        FamulorTemplateError,
+        FamulorValidationError,
+    )
+
+    final_errors = (
+        FamulorValidationError,
+        FamulorInsufficientBalanceError,
+        FamulorTemplateError,
+        FamulorInvalidPhoneError,
+        FamulorSessionExpiredError,
+        FamulorAuthError,
+    )
     try:
         yield
     except FamulorDeliveryUnknownError as err:
         raise AirflowFailException(
             f"{err} Failing without retry: another try could send the message twice."
         ) from err
-    except FINAL_ERRORS as err:
+    except final_errors as err:
         raise AirflowFailException(f"Failing without retry (a retry cannot fix this): {err}") from err
     except AirflowTaskTimeout as err:
         if not sending:
@@ -213,6 +202,7 @@ class ListWhatsAppTemplatesOperator(FamulorHookMixin, BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from famulor_provider.log_tables import template_table
         from famulor_provider.models import same_language
+        from famulor_provider.validation import as_list, is_blank
 
         names = as_list(self.names, "names")
         language = None if is_blank(self.language) else self.language
@@ -288,6 +278,14 @@ class SendWhatsAppTemplateOperator(FamulorHookMixin, BaseOperator):
         self.famulor_conn_id = famulor_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from famulor_provider.validation import (
+            MAX_RECIPIENT_NAME_CHARS,
+            check_id,
+            check_phone,
+            check_text,
+            check_variables,
+        )
+
         with send_failures():
             sender_id = check_id(self.sender_id, "sender_id")
             phone = check_phone(self.recipient_phone)
@@ -351,6 +349,18 @@ class SendWhatsAppFreeformOperator(FamulorHookMixin, BaseOperator):
         self.famulor_conn_id = famulor_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.providers.common.compat.sdk import AirflowFailException
+
+        from famulor_provider.exceptions import FamulorSessionExpiredError
+        from famulor_provider.validation import (
+            MAX_MESSAGE_CHARS,
+            check_id,
+            check_phone,
+            check_text,
+            check_variables,
+            is_blank,
+        )
+
         with send_failures():
             sender_id = check_id(self.sender_id, "sender_id")
             phone = check_phone(self.recipient_phone)
@@ -468,6 +478,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from famulor_provider.campaign.ledger import CampaignLedger
+        from famulor_provider.validation import check_flag, check_id, is_blank
 
         ti = context["ti"]
         with send_failures():
@@ -490,11 +501,15 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
             return self._run(sender_id, ledger)
 
     def _run(self, sender_id: int, ledger: Any) -> dict[str, Any]:
+        from airflow.providers.common.compat.sdk import AirflowFailException
+
         from famulor_provider.campaign.ledger import IN_FLIGHT, REFUSED, SENT, UNKNOWN
         from famulor_provider.campaign.recipients import plan_recipients
         from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings, CampaignStopped
+        from famulor_provider.exceptions import FamulorError
         from famulor_provider.hooks.famulor import FamulorHook
         from famulor_provider.pacing import SEND_RATE_PER_SECOND, SendPacer
+        from famulor_provider.validation import check_flag, check_positive_number, is_blank
 
         with send_failures():
             rate = (
@@ -558,7 +573,9 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
 
     def _check_sender(self, sender_id: int, unique_recipients: int) -> None:
         """Fail before sending when the sender is not in the account or its 24 h limit is too small."""
+        from famulor_provider.exceptions import FamulorValidationError
         from famulor_provider.models import SenderCriteria, matching_senders
+        from famulor_provider.validation import check_flag
 
         senders = self.hook.list_whatsapp_senders(status="all")
         [sender] = matching_senders(SenderCriteria(sender_ids=(sender_id,)), senders, self.famulor_conn_id)

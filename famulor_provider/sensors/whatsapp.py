@@ -10,22 +10,14 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import (
-    AirflowSensorTimeout,
-    AirflowSkipException,
-    BaseSensorOperator,
-    PokeReturnValue,
-    conf,
-)
+from airflow.providers.common.compat.sdk import BaseSensorOperator
 
-from famulor_provider.exceptions import FamulorError, FamulorValidationError, error_from_event
 from famulor_provider.hook_mixin import FamulorHookMixin
-from famulor_provider.validation import is_blank
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import Context, PokeReturnValue
 
     from famulor_provider.models import SenderCriteria
 
@@ -101,6 +93,7 @@ class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
     def sender_criteria(self) -> SenderCriteria:
         """The (rendered) arguments as criteria; raises ``FamulorValidationError`` when invalid."""
         from famulor_provider.models import QualityRating, SenderCriteria
+        from famulor_provider.validation import is_blank
 
         ratings = None if is_blank(self.quality_ratings) else self.quality_ratings
         return SenderCriteria.parse(
@@ -114,6 +107,9 @@ class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
 
     def _min_count(self) -> int:
         """The (rendered) ``min_count``; raises ``FamulorValidationError`` when it cannot match."""
+        from famulor_provider.exceptions import FamulorValidationError
+        from famulor_provider.validation import is_blank
+
         text = str(self.min_count).strip()
         if isinstance(self.min_count, bool) or not text.isdigit() or int(text) < 1:
             raise FamulorValidationError("min_count", f"expected a whole number >= 1, got {self.min_count!r}")
@@ -125,10 +121,15 @@ class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
 
     def _is_deferrable(self) -> bool:
         if self.deferrable is None:  # read when the task runs, never at import
+            from airflow.providers.common.compat.sdk import conf
+
             return conf.getboolean("operators", "default_deferrable", fallback=False)
         return bool(self.deferrable)
 
     def poke(self, context: Context) -> PokeReturnValue:
+        from airflow.providers.common.compat.sdk import PokeReturnValue
+
+        from famulor_provider.exceptions import FamulorError
         from famulor_provider.log_tables import sender_table
         from famulor_provider.models import matching_senders
         from famulor_provider.transport import is_retryable_read
@@ -180,6 +181,10 @@ class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger: return the matching senders, or raise its timeout or error."""
+        from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException
+
+        from famulor_provider.exceptions import FamulorError, error_from_event
+
         event = event or {}
         status = event.get("status")
         if status == "success":

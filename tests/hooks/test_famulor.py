@@ -13,6 +13,8 @@ import httpx
 import pytest
 import requests
 import requests_mock
+from famulor_fixtures import BASE, KEY, set_conn
+from famulor_fixtures import ONLINE_GREEN as SENDERS
 
 from famulor_provider import __version__
 from famulor_provider.exceptions import (
@@ -28,42 +30,7 @@ from famulor_provider.exceptions import (
 from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.transport import MAX_RETRY_AFTER
 
-KEY = "sk-test-4f1c9a77e2"
-BASE = "https://app.famulor.de/api"
 SENDERS_URL = f"{BASE}/user/whatsapp/senders"
-SENDERS = [
-    {
-        "id": 12,
-        "phone_number": "+14155551234",
-        "display_name": "Acme Corp Support",
-        "status": "online",
-        "quality_rating": "GREEN",
-        "messaging_limit": 10000,
-        "messaging_limit_formatted": "10,000 / 24hr",
-    },
-    {
-        "id": 15,
-        "phone_number": "+442071234567",
-        "display_name": "Acme Corp Sales",
-        "status": "online",
-        "quality_rating": "GREEN",
-        "messaging_limit": None,
-        "messaging_limit_formatted": "Unlimited",
-    },
-]
-
-
-def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "famulor_default", **fields: Any) -> None:
-    value = {"conn_type": "famulor", "password": KEY, **fields}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the hook's retry sleeps instead of sleeping."""
-    slept: list[float] = []
-    monkeypatch.setattr(FamulorHook, "sleep", staticmethod(slept.append))
-    return slept
 
 
 @pytest.fixture

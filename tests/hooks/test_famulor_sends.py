@@ -12,6 +12,7 @@ import pytest
 import requests
 import requests_mock
 import urllib3
+from famulor_fixtures import BASE, KEY, PHONE, set_conn
 
 from famulor_provider.exceptions import (
     FamulorAPIError,
@@ -32,13 +33,10 @@ from famulor_provider.models import WhatsAppMessage, WhatsAppSessionStatus, What
 from famulor_provider.pacing import SEND_INTERVAL, SendPacer
 from famulor_provider.testing import FamulorSandbox
 
-KEY = "sk-test-4f1c9a77e2"
-BASE = "https://app.famulor.de/api"
 SEND_URL = f"{BASE}/user/whatsapp/send"
 FREEFORM_URL = f"{BASE}/user/whatsapp/send-freeform"
 SESSION_URL = f"{BASE}/user/whatsapp/session-status"
 TEMPLATES_URL = f"{BASE}/user/whatsapp/senders/12/templates"
-PHONE = "+4915112345678"
 ACCEPTED = {
     "success": True,
     "conversation_id": 501,
@@ -73,19 +71,6 @@ def refused() -> requests.exceptions.ConnectionError:
     """What requests raises when nothing listens on the port: no request went out."""
     reason = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
     return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/", reason))  # type: ignore[arg-type]
-
-
-def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "famulor_default", **fields: Any) -> None:
-    value = {"conn_type": "famulor", "password": KEY, **fields}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the hook's sleeps (retries and pacing) instead of sleeping."""
-    slept: list[float] = []
-    monkeypatch.setattr(FamulorHook, "sleep", staticmethod(slept.append))
-    return slept
 
 
 @pytest.fixture

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowTaskTimeout
+from famulor_fixtures import PHONE, posts, sender_requests, set_sandbox_conn
 
 from famulor_provider.exceptions import (
     FamulorAPIError,
@@ -30,11 +35,8 @@ from famulor_provider.operators.whatsapp import (
 )
 from famulor_provider.testing import SANDBOX_API_KEY
 
-PHONE = "+4915112345678"
-
-
-def posts(sandbox: Any) -> list[Any]:
-    return [r for r in sandbox.requests if r.method == "POST"]
+OPERATOR_DAGS = Path(__file__).parent / "dags" / "famulor_operator_cases.py"
+AIRFLOW_2 = importlib.metadata.version("apache-airflow").startswith("2.")
 
 
 def template_op(**kwargs: Any) -> SendWhatsAppTemplateOperator:
@@ -42,36 +44,53 @@ def template_op(**kwargs: Any) -> SendWhatsAppTemplateOperator:
     return SendWhatsAppTemplateOperator(**{**args, **kwargs})
 
 
-# -- construction ----------------------------------------------------------------------------------
+# -- templates rendered in a real run ---------------------------------------------------------------
 
 
-def test_constructors_store_arguments_and_do_no_io() -> None:
-    op = template_op(variables={"1": "{{ ds }}"}, famulor_conn_id="nope")
-    assert "hook" not in op.__dict__  # built lazily, on the worker
-    assert set(op.template_fields) == {
-        "sender_id",
-        "recipient_phone",
-        "template_id",
-        "template_name",
-        "language",
-        "variables",
-        "recipient_name",
-        "famulor_conn_id",
-    }
-    freeform = SendWhatsAppFreeformOperator(task_id="f", sender_id=12, recipient_phone=PHONE, message="hi")
-    assert set(freeform.template_fields) == {
-        "sender_id",
-        "recipient_phone",
-        "message",
-        "fallback_template_id",
-        "fallback_variables",
-        "famulor_conn_id",
-    }
-    listing = ListWhatsAppTemplatesOperator(task_id="l", sender_id="{{ params.sender }}")
-    assert set(listing.template_fields) == {"sender_id", "status", "names", "language", "famulor_conn_id"}
-    for operator in (op, freeform, listing):
-        for name in operator.template_fields:
-            getattr(operator, name)  # assigned unchanged, under the same name
+def test_every_templated_argument_renders_in_a_real_run(
+    run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The templated connection id must be rendered before the (lazy) hook is built.
+    monkeypatch.setenv("AIRFLOW_CONN_FAMULOR_TEMPLATED", famulor_sandbox.connection_json())
+    set_sandbox_conn(monkeypatch, famulor_sandbox, host="http://127.0.0.1:9/api")
+    famulor_sandbox.open_session(12, "+4915112345679", minutes=60)
+
+    result = run_dag(OPERATOR_DAGS, "famulor_templated_sends", conf={"conn_id": "famulor_templated"})
+
+    assert set(result.states.values()) == {"success"}, result.states
+    listed = result.xcom("list_templates")
+    assert [(t["name"], t["language"], t["status"]) for t in listed] == [
+        ("welcome", "en", "approved"),
+        ("spring_sale", "en", "pending"),  # status "all" rendered too
+    ]
+    sent = {row["recipient_phone"]: row for row in famulor_sandbox.ledger}
+    template = sent[PHONE]  # rendered "+49 151 1234 5678", normalized
+    match = re.fullmatch(r"Ann (\d{4}-\d{2}-\d{2})", template["recipient_name"])
+    assert match, template["recipient_name"]
+    ds = match.group(1)
+    # template_id rendered "" next to template_name: resolved by name (and language "EN").
+    assert (template["sender_id"], template["template_id"], template["kind"]) == (12, 1201, "template")
+    assert template["variables"] == {"1": "A-1234"}  # JSON text from the template, sent as a dict
+    freeform = sent["+4915112345679"]
+    assert (freeform["kind"], freeform["message"]) == ("freeform", f"Order A-1234 ships on {ds}.")
+    fallback = sent["+4915112345670"]  # no open window: the templated fallback with its variables
+    assert (fallback["kind"], fallback["template_id"], fallback["variables"]) == (
+        "template",
+        1201,
+        {"1": "A-1234"},
+    )
+    assert len(famulor_sandbox.ledger) == 3
+    assert result.xcom("send_template")["message_id"] == template["message_id"]
+    lookups = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders/12/templates"]
+    assert [r.query for r in lookups] == [{"status": "all"}] * 2  # the listing, and the name lookup
+
+
+def test_variables_rendered_as_python_text_are_accepted(run_dag: Any, famulor_sandbox: Any) -> None:
+    # Without render_template_as_native_obj, "{{ params.vars }}" renders {'1': 'A-1234'}.
+    result = run_dag(OPERATOR_DAGS, "famulor_variables_as_python_text")
+
+    assert result.ti("send_template").state == "success"
+    assert [row["variables"] for row in famulor_sandbox.ledger] == [{"1": "A-1234"}]
 
 
 # -- ListWhatsAppTemplatesOperator -----------------------------------------------------------------
@@ -238,19 +257,60 @@ def test_which_failures_fail_without_retry(error: FamulorError, final: bool) -> 
         assert err.value is error
 
 
-def test_task_timeout_during_a_send_fails_without_retry(
-    famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+def task_log(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> str:
+    """What the run logged (Airflow 3 logs tasks through structlog to stdout, 2.11 through logging)."""
+    captured = capsys.readouterr()
+    return caplog.text + captured.out + captured.err
+
+
+def test_a_send_past_its_execution_timeout_fails_without_retry(
+    run_dag: Any,
+    famulor_sandbox: Any,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    op = template_op(template_id=1201, template_name=None)
+    # The sandbox bills the message, then holds the answer past the task's 2 s execution_timeout.
+    famulor_sandbox.inject("hang", path="/user/whatsapp/send", delay=5, recipient_phone="+4915112345671")
+    started = time.monotonic()
 
-    def time_out(*args: Any, **kwargs: Any) -> None:
-        raise AirflowTaskTimeout("Timeout")
+    result = run_dag(OPERATOR_DAGS, "famulor_send_timeout")
 
-    monkeypatch.setattr(op.hook, "send_whatsapp_template", time_out)
-    with pytest.raises(AirflowFailException, match="timed out while a WhatsApp message was being sent"):
-        op.execute({})
-    with pytest.raises(AirflowTaskTimeout), send_failures():  # outside a send: Airflow decides
-        raise AirflowTaskTimeout("Timeout")
+    ti = result.ti("send_template")
+    assert (ti.state, ti.try_number) == ("failed", 1)  # retries=1, yet no second try
+    assert time.monotonic() - started < 5  # the timeout ended it, not the sandbox's answer
+    assert len(posts(famulor_sandbox)) == 1
+    assert len(famulor_sandbox.ledger) == 1  # billed once, never twice
+    log = task_log(caplog, capsys)
+    assert "Delivery unknown" in log and "may have been sent" in log
+
+
+def test_a_listing_past_its_execution_timeout_is_retried(run_dag: Any, famulor_sandbox: Any) -> None:
+    famulor_sandbox.inject("delay", path="/user/whatsapp/senders", delay=5)
+
+    if AIRFLOW_2:
+        # 2.11's dag.test() catches only Exception, and AirflowTaskTimeout is a BaseException
+        # there: it escapes the run after try 1 is marked for retry, so the retry is not run.
+        with pytest.raises(AirflowTaskTimeout):
+            run_dag(OPERATOR_DAGS, "famulor_list_timeout")
+        assert latest_ti_state("famulor_list_timeout", "list_senders") == ("up_for_retry", 1)
+        assert len(sender_requests(famulor_sandbox)) == 1
+        return
+    result = run_dag(OPERATOR_DAGS, "famulor_list_timeout")
+
+    ti = result.ti("list_senders")
+    assert (ti.state, ti.try_number) == ("success", 2)  # an ordinary failure: the retry ran
+    assert [s["id"] for s in ti.return_value] == [12, 15, 21, 27]
+    assert len(sender_requests(famulor_sandbox)) == 2
+
+
+def latest_ti_state(dag_id: str, task_id: str) -> tuple[str, int]:
+    """The state and try number of the task's only task instance in the metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        [ti] = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id=task_id).all()
+        return str(getattr(ti.state, "value", ti.state)), ti.try_number
 
 
 # -- SendWhatsAppFreeformOperator --------------------------------------------------------------------

@@ -7,8 +7,10 @@ import importlib
 import json
 import logging
 import re
+import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
     TaskDeferred,
 )
+from famulor_fixtures import SENDERS, sender_requests, set_sandbox_conn
 
 from famulor_provider.exceptions import (
     FamulorAuthError,
@@ -27,12 +30,11 @@ from famulor_provider.exceptions import (
     FamulorSenderNotFoundError,
     FamulorValidationError,
 )
-from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
 from famulor_provider.testing import SANDBOX_API_KEY
 from famulor_provider.triggers.whatsapp import WhatsAppSenderTrigger
 
-SENDERS_PATH = "/api/user/whatsapp/senders"
+TEMPLATED_DAG = Path(__file__).parent / "dags" / "famulor_sensor_templated.py"
 
 
 def sensor(**kwargs: Any) -> WhatsAppSenderSensor:
@@ -44,10 +46,6 @@ def ids(senders: list[dict[str, Any]] | None) -> list[int]:
     return [s["id"] for s in senders or []]
 
 
-def sender_requests(sandbox: Any) -> list[Any]:
-    return [r for r in sandbox.requests if r.path == SENDERS_PATH]
-
-
 def first_event(trigger: WhatsAppSenderTrigger) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         async for event in trigger.run():
@@ -57,38 +55,41 @@ def first_event(trigger: WhatsAppSenderTrigger) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-@pytest.fixture
-def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The hook's retries do not wait; the waits they asked for are recorded."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(FamulorHook, "sleep", staticmethod(sleeps.append))
-    return sleeps
-
-
-@pytest.fixture
-def wrong_key(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = json.loads(famulor_sandbox.connection_json())
-    monkeypatch.setenv("AIRFLOW_CONN_FAMULOR_DEFAULT", json.dumps({**conn, "password": "not-the-key"}))
-
-
 # -- the contract -----------------------------------------------------------------------------
 
 
-def test_defaults_and_template_fields() -> None:
+def test_defaults() -> None:
     task = sensor()
 
     assert task.poke_interval == 300  # Famulor syncs with Meta every 5 minutes
-    assert task.famulor_conn_id == "famulor_default"
-    assert (task.sender_id, task.phone_number, task.quality_ratings, task.min_messaging_limit) == (None,) * 4
-    assert (task.min_count, task.deferrable) == (1, None)
-    assert set(task.template_fields) == {
-        "famulor_conn_id",
-        "sender_id",
-        "phone_number",
-        "quality_ratings",
-        "min_messaging_limit",
-        "min_count",
-    }
+    assert (task.min_count, task.deferrable) == (1, None)  # deferrable: read when the task runs
+
+
+def test_every_templated_argument_renders_in_a_real_run(
+    run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FAMULOR_TEMPLATED", famulor_sandbox.connection_json())
+    set_sandbox_conn(monkeypatch, famulor_sandbox, host="http://127.0.0.1:9/api")
+
+    def online_after_the_first_poll() -> None:
+        while not sender_requests(famulor_sandbox):
+            time.sleep(0.01)
+        famulor_sandbox.schedule_sender(31, 0.5, status="online")
+
+    # GREEN or YELLOW with a limit of 2000 or more: 12, 15, 21 at first; min_count 4 needs 31 too.
+    helper = threading.Thread(target=online_after_the_first_poll, daemon=True)
+    helper.start()
+    result = run_dag(TEMPLATED_DAG, "famulor_sensor_templated", conf={"conn_id": "famulor_templated"})
+    helper.join(timeout=5)
+
+    assert result.states == {"wait_for_many": "success", "wait_for_one": "success"}
+    assert ids(result.xcom("wait_for_many")) == [12, 15, 21, 31]
+    assert result.xcom("wait_for_one") == [SENDERS[1]]  # id 15 and "+44 20 7123 4567"
+    polls = sender_requests(famulor_sandbox)
+    # wait_for_many polled until second 0.5 (several polls at 0.1 s), wait_for_one once.
+    assert polls[-1].monotonic - polls[0].monotonic >= 0.5
+    assert len(polls) >= 4
+    assert all(r.query == {"status": "all"} for r in polls)
 
 
 def test_the_constructor_is_keyword_only() -> None:
@@ -141,17 +142,8 @@ def test_poke_matrix(famulor_sandbox: Any, kwargs: dict[str, Any], done: bool, m
 def test_poke_returns_the_senders_as_dicts_with_the_api_fields(famulor_sandbox: Any) -> None:
     result = sensor(sender_id=15).poke({})
 
-    assert result.xcom_value == [
-        {
-            "id": 15,
-            "phone_number": "+442071234567",
-            "display_name": "Acme Corp Sales",
-            "status": "online",
-            "quality_rating": "GREEN",
-            "messaging_limit": None,
-            "messaging_limit_formatted": "Unlimited",
-        }
-    ]
+    assert result.xcom_value == [SENDERS[1]]
+    assert SENDERS[1]["messaging_limit_formatted"] == "Unlimited"
 
 
 @pytest.mark.parametrize(
@@ -253,7 +245,7 @@ def test_an_auth_error_in_the_triggerer_fails_the_task(famulor_sandbox: Any, wro
 )
 def test_transient_faults_keep_the_sensor_waiting(
     famulor_sandbox: Any,
-    retry_sleeps: list[float],
+    sleeps: list[float],
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
     fault: str,
@@ -269,9 +261,9 @@ def test_transient_faults_keep_the_sensor_waiting(
 
     assert (first.is_done, first.xcom_value) == (False, None)
     assert "Famulor is unavailable for now" in caplog.text + capsys.readouterr().out
-    assert len(retry_sleeps) == 2
+    assert len(sleeps) == 2
     if "retry_after" in fault_kwargs:
-        assert retry_sleeps == [3.0, 3.0]
+        assert sleeps == [3.0, 3.0]
     assert (second.is_done, ids(second.xcom_value)) == (True, [12, 15, 21])
     assert len(sender_requests(famulor_sandbox)) == 4
 
@@ -279,10 +271,7 @@ def test_transient_faults_keep_the_sensor_waiting(
 def test_a_read_timeout_keeps_the_sensor_waiting(
     famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = json.loads(famulor_sandbox.connection_json())
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FAMULOR_DEFAULT", json.dumps({**conn, "extra": {"timeout": 0.2, "max_retries": 0}})
-    )
+    set_sandbox_conn(monkeypatch, famulor_sandbox, extra={"timeout": 0.2, "max_retries": 0})
     famulor_sandbox.inject("delay", path="/user/whatsapp/senders", delay=0.5)
 
     assert sensor().poke({}).is_done is False
@@ -296,7 +285,7 @@ def test_an_html_answer_is_not_transient(famulor_sandbox: Any) -> None:
 
 
 def test_poke_mode_waits_through_faults_until_the_sender_is_online(
-    famulor_sandbox: Any, retry_sleeps: list[float]
+    famulor_sandbox: Any, sleeps: list[float]
 ) -> None:
     famulor_sandbox.inject("status", path="/user/whatsapp/senders", times=3, status=502)
     famulor_sandbox.schedule_sender(31, 0.3, status="online")
@@ -375,7 +364,7 @@ def test_deferrable_does_not_defer_when_the_first_poke_succeeds(famulor_sandbox:
     assert len(sender_requests(famulor_sandbox)) == 1
 
 
-def test_a_transient_fault_on_the_first_poke_defers(famulor_sandbox: Any, retry_sleeps: list[float]) -> None:
+def test_a_transient_fault_on_the_first_poke_defers(famulor_sandbox: Any, sleeps: list[float]) -> None:
     famulor_sandbox.inject("status", path="/user/whatsapp/senders", times=3, status=503)
 
     with pytest.raises(TaskDeferred):
