@@ -5,6 +5,10 @@ file pays anyway), then the modules under test; it reports the extra time and mo
 baseline is the HTTP provider's operator + sensor, measured the same way in the same run when it
 is installed (`uv pip install apache-airflow-providers-http`).
 
+A second reference is the floor that any provider with the same classes pays: a module that only
+imports the compat layer and defines five empty operators and one empty sensor. Ours minus the
+floor is what the provider's own code costs.
+
 Run: ``python benchmarks/parse_time.py [--samples 15]``
 """
 
@@ -14,9 +18,11 @@ import argparse
 import compileall
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # What a DAG file imports; the trigger module is imported by the triggerer, not at DAG parse.
@@ -41,7 +47,30 @@ print(json.dumps({"ms": elapsed * 1000, "modules": len(added), "heavy": heavy}))
 """
 
 
-def sample(modules: list[str], samples: int) -> dict[str, object]:
+FLOOR_MODULE = """
+from airflow.providers.common.compat.sdk import BaseOperator, BaseSensorOperator
+
+
+def _execute(self, context):
+    return None
+
+
+OPERATORS = [
+    type(f"Operator{i}", (BaseOperator,), {"template_fields": ("famulor_conn_id",), "execute": _execute})
+    for i in range(5)
+]
+
+
+class Sensor(BaseSensorOperator):
+    template_fields = ("famulor_conn_id",)
+
+    def poke(self, context):
+        return True
+"""
+
+
+def sample(modules: list[str], samples: int, path: str | None = None) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": path} if path else None
     runs = [
         json.loads(
             subprocess.run(
@@ -49,6 +78,7 @@ def sample(modules: list[str], samples: int) -> dict[str, object]:
                 check=True,
                 capture_output=True,
                 text=True,
+                env=env,
             )
             .stdout.strip()
             .splitlines()[-1]
@@ -73,6 +103,14 @@ def main() -> None:
     print(
         f"famulor operator+sensor: {ours['ms']:.2f} ms, {ours['modules']} modules, "
         f"heavy imports: {ours['heavy'] or 'none'} (median of {args.samples} fresh interpreters)"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "floor_classes.py").write_text(FLOOR_MODULE)
+        compileall.compile_dir(folder, quiet=1)
+        floor = sample(["floor_classes"], args.samples, path=folder)
+    print(
+        f"floor (compat layer + 5 empty operators + 1 empty sensor): {floor['ms']:.2f} ms; "
+        f"famulor's own code: {ours['ms'] - floor['ms']:.2f} ms"
     )
     if importlib.util.find_spec("airflow.providers.http") is None:
         print("HTTP provider not installed: no baseline (pip install apache-airflow-providers-http)")
