@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from famulor_provider.exceptions import FamulorError, FamulorLedgerMissingError, FamulorValidationError
+from famulor_provider.validation import is_blank
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -90,9 +91,9 @@ def resolve_ledger_folder(ledger_path: str | os.PathLike[str] | None) -> str:
 
     :param ledger_path: an absolute folder path or a ``file://`` URI.
     """
-    text = "" if ledger_path is None else str(ledger_path).strip()
-    if text.lower() in ("", "none", "null"):
+    if is_blank(ledger_path):
         return default_ledger_folder()
+    text = str(ledger_path).strip()
     if "://" in text:
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
