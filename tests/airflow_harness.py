@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
+import logging
 import os
 import signal
 import sqlite3
@@ -63,7 +64,16 @@ def migrate_db(cache: Path) -> None:
     kwargs: dict[str, Any] = {}
     if "reserialize_dags" in inspect.signature(db.upgradedb).parameters:
         kwargs["reserialize_dags"] = False  # 2.11 and 3.1 would parse the dags folder here
+    # Alembic configures logging while it migrates (fileConfig disables the loggers that exist
+    # and sets the root level): put them back, or the first session on a new machine would
+    # drop the INFO lines that tests read.
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    disabled = {lg.name: lg.disabled for lg in loggers}
+    root_level = logging.getLogger().level
     db.upgradedb(**kwargs)
+    for name, was_disabled in disabled.items():
+        logging.getLogger(name).disabled = was_disabled
+    logging.getLogger().setLevel(root_level)
 
     source = conf.get("database", "sql_alchemy_conn").removeprefix("sqlite:///")
     cache.parent.mkdir(parents=True, exist_ok=True)
