@@ -27,18 +27,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from famulor_provider.testing import SEED_SENDERS
+
 T = TypeVar("T")
 
 POLL = 0.1  # how often a blocked server loop looks at the stop flag
 JOIN_TIMEOUT = 5.0
-SENDER = {
-    "id": 12,
-    "phone_number": "+14155551234",
-    "display_name": "Acme Corp Support",
-    "status": "online",
-    "quality_rating": "GREEN",
-    "messaging_limit": 10000,
-}
+SENDER = SEED_SENDERS[0]  # sender 12, online
 SENDERS_BODY = json.dumps({"data": [SENDER]}).encode()
 SEND_BODY = json.dumps({"success": True, "message_id": 1001, "status": "queued"}).encode()
 

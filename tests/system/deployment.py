@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,35 @@ def celery_unavailable() -> str | None:
     if not Path(REDIS_SERVER).exists():
         return "redis-server is not installed (make test-system installs Debian's redis-server)"
     return None
+
+
+# The marks every system test module carries.
+SYSTEM_TEST = pytest.mark.skipif(
+    os.environ.get("FAMULOR_SYSTEM_TEST") != "1", reason="system test: run with `make test-system`"
+)
+NEEDS_CELERY = pytest.mark.skipif(celery_unavailable() is not None, reason=str(celery_unavailable()))
+
+
+@contextlib.contextmanager
+def deployed(
+    tmp_path: Path, dag_file: Path, env: dict[str, str], **options: Any
+) -> Iterator[AirflowDeployment]:
+    """A deployment in ``tmp_path/airflow`` with ``dag_file`` in its dags folder, up for the block.
+
+    :param tmp_path: the test's temporary folder.
+    :param dag_file: the one DAG file to deploy.
+    :param env: more environment variables (connections, ...).
+    :param options: ``AirflowDeployment`` keywords (``executor``, ``workers``, ``triggerer``).
+    """
+    home = tmp_path / "airflow"
+    (home / "dags").mkdir(parents=True)
+    shutil.copy(dag_file, home / "dags")
+    airflow = AirflowDeployment(home, env, **options)
+    try:
+        airflow.up()
+        yield airflow
+    finally:
+        airflow.stop()
 
 
 class AirflowDeployment:

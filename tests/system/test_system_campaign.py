@@ -18,8 +18,6 @@ Airflow 3 only (2.11 refuses SQLite with the CeleryExecutor).
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,16 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deployment import HEARTBEAT_TIMEOUT, AirflowDeployment, celery_unavailable
+from deployment import HEARTBEAT_TIMEOUT, NEEDS_CELERY, SYSTEM_TEST, AirflowDeployment, deployed
 
 from famulor_provider.campaign.ledger import iter_ledger_events, read_campaign_ledger
 
-pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("FAMULOR_SYSTEM_TEST") != "1", reason="system test: run with `make test-system`"
-    ),
-    pytest.mark.skipif(celery_unavailable() is not None, reason=str(celery_unavailable())),
-]
+pytestmark = [SYSTEM_TEST, NEEDS_CELERY]
 
 CAMPAIGN_DAG = Path(__file__).resolve().parent / "dags" / "famulor_campaign_kill.py"
 DAG_ID = "famulor_campaign_kill"
@@ -48,22 +41,10 @@ PHONES = {f"+1415{5560000 + i:07d}" for i in range(RECIPIENTS)}  # as the DAG fi
 
 @pytest.fixture
 def celery_deployment(tmp_path: Path, famulor_sandbox: Any) -> Iterator[AirflowDeployment]:
-    home = tmp_path / "airflow"
-    (home / "dags").mkdir(parents=True)
-    shutil.copy(CAMPAIGN_DAG, home / "dags")
+    env = {**famulor_sandbox.env(), "FAMULOR_CAMPAIGN_RECIPIENTS": str(RECIPIENTS)}
     # No triggerer: the campaign never defers, and the two CPUs of a CI machine are busy enough.
-    airflow = AirflowDeployment(
-        home,
-        {**famulor_sandbox.env(), "FAMULOR_CAMPAIGN_RECIPIENTS": str(RECIPIENTS)},
-        executor="celery",
-        workers=2,
-        triggerer=False,
-    )
-    try:
-        airflow.up()
+    with deployed(tmp_path, CAMPAIGN_DAG, env, executor="celery", workers=2, triggerer=False) as airflow:
         yield airflow
-    finally:
-        airflow.stop()
 
 
 def ledger_file(deployment: AirflowDeployment) -> Path | None:

@@ -14,22 +14,15 @@ Airflow 3 only.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deployment import HEARTBEAT_TIMEOUT, AirflowDeployment, celery_unavailable
+from deployment import HEARTBEAT_TIMEOUT, NEEDS_CELERY, SYSTEM_TEST, AirflowDeployment, deployed
 
-pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("FAMULOR_SYSTEM_TEST") != "1", reason="system test: run with `make test-system`"
-    ),
-    pytest.mark.skipif(celery_unavailable() is not None, reason=str(celery_unavailable())),
-]
+pytestmark = [SYSTEM_TEST, NEEDS_CELERY]
 
 PROBE_DAG = Path(__file__).resolve().parent / "dags" / "celery_kill_probe.py"
 DAG_ID = "celery_kill_probe"
@@ -39,18 +32,10 @@ RECORD_FILE = "celery_kill_probe.jsonl"
 
 @pytest.fixture
 def celery_deployment(tmp_path: Path) -> Iterator[AirflowDeployment]:
-    home = tmp_path / "airflow"
-    (home / "dags").mkdir(parents=True)
-    shutil.copy(PROBE_DAG, home / "dags")
+    env = {"FAMULOR_PROBE_SLEEP": "60"}
     # No triggerer: the probe never defers, and the two CPUs of a CI machine are busy enough.
-    airflow = AirflowDeployment(
-        home, {"FAMULOR_PROBE_SLEEP": "60"}, executor="celery", workers=2, triggerer=False
-    )
-    try:
-        airflow.up()
+    with deployed(tmp_path, PROBE_DAG, env, executor="celery", workers=2, triggerer=False) as airflow:
         yield airflow
-    finally:
-        airflow.stop()
 
 
 def records(deployment: AirflowDeployment) -> list[dict[str, Any]]:

@@ -14,19 +14,15 @@ Slow (about a minute): runs only with ``FAMULOR_SYSTEM_TEST=1`` (``make test-sys
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deployment import AirflowDeployment
+from deployment import SYSTEM_TEST, AirflowDeployment, deployed
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FAMULOR_SYSTEM_TEST") != "1", reason="system test: run with `make test-system`"
-)
+pytestmark = SYSTEM_TEST
 
 EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_wait_for_sender.py"
 DAG_ID = "famulor_wait_for_sender"
@@ -36,21 +32,9 @@ SENDERS_PATH = "/api/user/whatsapp/senders"
 
 @pytest.fixture
 def deployment(tmp_path: Path, famulor_sandbox: Any) -> Iterator[AirflowDeployment]:
-    home = tmp_path / "airflow"
-    (home / "dags").mkdir(parents=True)
-    shutil.copy(EXAMPLE_DAG, home / "dags")
-    airflow = AirflowDeployment(
-        home,
-        {
-            **famulor_sandbox.env(),
-            "FAMULOR_EXAMPLE_POKE_INTERVAL": "1",
-        },
-    )
-    try:
-        airflow.up()
+    env = {**famulor_sandbox.env(), "FAMULOR_EXAMPLE_POKE_INTERVAL": "1"}
+    with deployed(tmp_path, EXAMPLE_DAG, env) as airflow:
         yield airflow
-    finally:
-        airflow.stop()
 
 
 def test_the_example_dag_defers_in_the_triggerer_and_resumes(

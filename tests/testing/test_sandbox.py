@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -787,19 +788,37 @@ def test_control_ledger_stays_fast_with_100k_entries(sandbox: FamulorSandbox) ->
 # CLI
 
 
-def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serve(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``python -m famulor_provider.testing serve ARGS`` and its port; killed by PID if still running."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "famulor_provider.testing", "serve", "--port-file", str(port_file),
-         "--api-key", "cli-key", "--sender-online-after", "31=0.3"],
+        [sys.executable, "-m", "famulor_provider.testing", "serve", "--port-file", str(port_file), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=20)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        port = int(port_file.read_text())
+        yield proc, int(port_file.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM the CLI and return what it printed; it must exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    return out
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    args = ("--api-key", "cli-key", "--sender-online-after", "31=0.3")
+    with serve(tmp_path, *args) as (proc, port):
         base_url = f"http://127.0.0.1:{port}/api"
         headers = {"Authorization": "Bearer cli-key"}
         assert (
@@ -818,40 +837,18 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
             for _ in range(6)
         ]
         assert [r.status_code for r in sends] == [200] * 5 + [429]  # the API's limit, by default
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
-        assert proc.returncode == 0
+        out = stop(proc)
         assert f"listening on {base_url} (send rate limit: 5 sends/s per account)" in out
         assert not is_listening(port)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def test_cli_send_rate_limit_option(tmp_path: Path) -> None:
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "famulor_provider.testing", "serve", "--port-file", str(port_file),
-         "--send-rate-limit", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        url = f"http://127.0.0.1:{int(port_file.read_text())}/api/user/whatsapp/send"
+    with serve(tmp_path, "--send-rate-limit", "0") as (proc, port):
+        url = f"http://127.0.0.1:{port}/api/user/whatsapp/send"
         body = {"sender_id": 12, "template_id": 1201, "recipient_phone": PHONE}
         codes = {requests.post(url, json=body, headers=AUTH, timeout=5).status_code for _ in range(10)}
         assert codes == {200}
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
-        assert "(send rate limit: off)" in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        assert "(send rate limit: off)" in stop(proc)
 
 
 @pytest.mark.parametrize("value", ["-1", "fast", "inf"])
