@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 class ControlMixin(MessagingMixin):
     """Answers ``/_sandbox/...`` requests with the sandbox's own Python methods."""
 
-    def _page(self, rows: list[Any], query: Query, to_json: Callable[[Any], bytes]) -> Reply:
-        """``{"data": [...], "total", "next_since"}`` for ``rows[since:since + limit]``."""
+    def _page(
+        self, rows: list[Any], query: Query, to_json: Callable[[Any], bytes], *, mutable: bool = False
+    ) -> Reply:
+        """``{"data": [...], "total", "next_since"}`` for ``rows[since:since + limit]``.
+
+        Rows are serialized outside the lock unless ``mutable`` (rows that change after they are added).
+        """
         since = int(query.get("since") or 0)
         limit = None if query.get("limit") in (None, "") else int(query["limit"])
         if since < 0 or (limit is not None and limit < 0):
@@ -27,8 +32,9 @@ class ControlMixin(MessagingMixin):
         with self._lock:
             total = len(rows)
             page = rows[since:] if limit is None else rows[since : since + limit]
-        # Serialized outside the lock: rows are only ever appended, never replaced.
-        data = b",".join(to_json(row) for row in page)
+            if mutable:
+                page = [to_json(row) for row in page]
+        data = b",".join(page if mutable else (to_json(row) for row in page))
         tail = b'], "total": %d, "next_since": %d}' % (total, min(since, total) + len(page))
         return Reply(200, b'{"data": [' + data + tail)
 
@@ -43,6 +49,9 @@ class ControlMixin(MessagingMixin):
         ``recipient_phone``, ``delay``...); ``DELETE /_sandbox/faults`` clears them.
         ``POST /_sandbox/sessions`` takes ``open_session``'s; ``POST /_sandbox/senders/<id>`` takes
         sender fields, plus ``after_seconds`` to schedule the change.
+        ``GET /_sandbox/conversations`` pages the ``conversations`` like the ledger;
+        ``POST /_sandbox/conversations/receive`` takes ``receive``'s arguments, plus ``after_seconds``
+        to schedule the message, and answers ``receive``'s result (or ``{"scheduled": true}``).
         """
         ok = json_reply(200, {"ok": True})
         try:
@@ -50,6 +59,18 @@ class ControlMixin(MessagingMixin):
                 return self._page(self._ledger, query, lambda entry: entry)
             if (method, path) == ("GET", "/_sandbox/requests"):
                 return self._page(self._requests, query, lambda r: json.dumps(request_dict(r)).encode())
+            if (method, path) == ("GET", "/_sandbox/conversations"):
+                conversations = self._conversation_index.created
+                return self._page(
+                    conversations, query, lambda c: json.dumps(c.as_dict()).encode(), mutable=True
+                )
+            if (method, path) == ("POST", "/_sandbox/conversations/receive"):
+                fields = dict(body)
+                after_seconds = fields.pop("after_seconds", None)
+                if after_seconds is None:
+                    return json_reply(200, self.receive(**fields))
+                self.schedule_receive(float(after_seconds), **fields)
+                return json_reply(200, {"scheduled": True})
             if (method, path) == ("POST", "/_sandbox/faults"):
                 self.inject(**body)
                 return ok

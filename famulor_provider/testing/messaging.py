@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from famulor_provider.testing.conversations import ConversationsMixin
 from famulor_provider.testing.faults import FAULTS_AFTER_ACCEPT, SEND_FAULTS, FaultsMixin
 from famulor_provider.testing.replies import (
     INVALID_PHONE,
@@ -26,12 +28,24 @@ from famulor_provider.testing.replies import (
 from famulor_provider.testing.state import SESSION_MINUTES, default_templates
 
 if TYPE_CHECKING:
-    import re
+    from collections import deque
     from collections.abc import Iterable, Mapping
 
 
 def format_limit(limit: int | None) -> str:
     return "Unlimited" if limit is None else f"{limit:,} / 24hr"
+
+
+def fill_template(body_text: str, variables: Any) -> str:
+    """The template's text as the customer reads it: ``{{1}}`` or ``{{name}}`` replaced by its value.
+
+    :param body_text: the template's ``body_text``.
+    :param variables: ``{"1": ...}`` or named keys, or a list (``{{1}}`` is its first item).
+    """
+    if isinstance(variables, list):
+        variables = {str(n): value for n, value in enumerate(variables, start=1)}
+    values = variables if isinstance(variables, dict) else {}
+    return re.sub(r"\{\{\s*([^}\s]+)\s*\}\}", lambda m: str(values.get(m.group(1), m.group(0))), body_text)
 
 
 def with_formatted_limit(sender: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +54,7 @@ def with_formatted_limit(sender: dict[str, Any]) -> dict[str, Any]:
     return sender
 
 
-class MessagingMixin(FaultsMixin):
+class MessagingMixin(ConversationsMixin, FaultsMixin):
     """Senders and their templates (set up and changed by tests), and the routes that use them."""
 
     @property
@@ -212,12 +226,14 @@ class MessagingMixin(FaultsMixin):
                 return error_reply(404, "SENDER_NOT_FOUND", "Sender not found")
             if sender.get("status") != "online":
                 return error_reply(offline_status, "SENDER_OFFLINE", "The WhatsApp sender is offline")
+            content = message
             if not freeform:
                 template = next((t for t in self._templates[sender_id] if t.get("id") == template_id), None)
                 if template is None:
                     return error_reply(404, "TEMPLATE_NOT_FOUND", "Template not found")
                 if template.get("status") != "approved":
                     return error_reply(422, "TEMPLATE_NOT_APPROVED", "Template is not approved by WhatsApp")
+                content = fill_template(str(template.get("body_text") or ""), variables)
             phone_error = check_phone(phone)
             if phone_error is not None:
                 return phone_error
@@ -227,7 +243,8 @@ class MessagingMixin(FaultsMixin):
             if not freeform:
                 # The brief's simplification: an accepted template opens the 24 h window.
                 self._sessions[key] = time.time() + SESSION_MINUTES * 60
-            conversation_id = self._conversations.setdefault(key, 501 + len(self._conversations))
+            assert content is not None
+            conversation_id = self._record_send(sender, phone, recipient_name, content)
             message_id = self._next_message_id
             self._next_message_id += 1
             self._record_message(
@@ -265,20 +282,27 @@ class MessagingMixin(FaultsMixin):
 
     def _throttle(self) -> int | None:
         """Count one send against the limit; the seconds to wait (``Retry-After``) when over it."""
-        limit = self.send_rate_limit
+        return self._take_slot(self._send_times, self.send_rate_limit, 1.0)
+
+    def _throttle_reads(self) -> int | None:
+        """Count one read (GET) against ``request_rate_limit`` per minute, when it is set."""
+        return self._take_slot(self._read_times, self.request_rate_limit, 60.0)
+
+    def _take_slot(self, times: deque[float], limit: float | None, per_seconds: float) -> int | None:
+        """Count one request in a window of ``limit`` per ``per_seconds``; ``Retry-After`` when over."""
         if not limit:
             return None
         # One key is ever authorized, so "per account" is a single rolling window. Like Laravel's
         # throttle, a refused attempt does not count.
         capacity = max(1, int(limit))
-        window = capacity / limit
+        window = per_seconds * capacity / limit
         with self._lock:
             now = time.monotonic()
-            while self._send_times and self._send_times[0] <= now - window:
-                self._send_times.popleft()
-            if len(self._send_times) >= capacity:
-                return max(1, math.ceil(self._send_times[-capacity] + window - now))
-            self._send_times.append(now)
+            while times and times[0] <= now - window:
+                times.popleft()
+            if len(times) >= capacity:
+                return max(1, math.ceil(times[-capacity] + window - now))
+            times.append(now)
             return None
 
     def _session_status(self, match: re.Match[str], query: Query, body: Body) -> Reply:

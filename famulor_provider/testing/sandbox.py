@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from famulor_provider.testing.control import ControlMixin
+from famulor_provider.testing.conversations import CONVERSATION_ORDERS, ConversationIndex
 from famulor_provider.testing.faults import FAULTS, FAULTS_BEFORE_ROUTING, HANG_SECONDS, Fault
 from famulor_provider.testing.replies import Reply, Route, api_path, json_reply
 from famulor_provider.testing.server import Server, loopback_host
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "CONVERSATION_ORDERS",
     "DEFAULT_SEND_RATE_LIMIT",
     "FAULTS",
     "HANG_SECONDS",
@@ -64,6 +66,17 @@ class FamulorSandbox(ControlMixin):
         one account; default 5, as the API. A fraction spreads one send over a longer window (0.5: one
         send per 2 s). ``None`` or 0 turns the limit off. The ``send_rate_limit`` attribute may be
         changed while the sandbox runs.
+    :param conversation_order: the order of ``GET /user/conversations``, one of
+        ``CONVERSATION_ORDERS``: ``updated_desc`` (most recently active first), ``created_asc``,
+        ``created_desc``, or ``shuffled`` (a fixed pseudo-random order, unrelated to activity and
+        creation: proves that a client does not depend on the order, which the API does not document).
+    :param sends_in_history: whether an accepted send appends its text (the template filled in, or
+        the free-form message) to the conversation's history as an ``assistant`` message; either
+        way the send creates the conversation when absent (the API does not document which).
+    :param customer_reply: ``(text, seconds)``: the customer of every accepted send answers
+        ``text`` that many seconds later (see ``schedule_receive``).
+    :param request_rate_limit: reads (GET requests) allowed per rolling minute before a 429 with
+        ``Retry-After``; ``None`` (default) or 0: no limit. The attribute may change while running.
     :param host: a loopback address to listen on.
     :param port: the port to listen on; 0 picks a free one.
     """
@@ -75,13 +88,29 @@ class FamulorSandbox(ControlMixin):
         templates: Mapping[int, Iterable[Mapping[str, Any]]] | None = None,
         *,
         send_rate_limit: float | None = DEFAULT_SEND_RATE_LIMIT,
+        conversation_order: str = "updated_desc",
+        sends_in_history: bool = True,
+        customer_reply: tuple[str, float] | None = None,
+        request_rate_limit: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         if send_rate_limit is not None and not send_rate_limit >= 0:
             raise ValueError(f"send_rate_limit must be None or at least 0, not {send_rate_limit!r}")
+        if request_rate_limit is not None and not request_rate_limit >= 0:
+            raise ValueError(f"request_rate_limit must be None or at least 0, not {request_rate_limit!r}")
+        if customer_reply is not None:
+            text, after = customer_reply
+            if not isinstance(text, str) or not text or not float(after) >= 0:
+                raise ValueError(f"customer_reply must be (text, seconds >= 0), not {customer_reply!r}")
+            customer_reply = (text, float(after))
         self.api_key = api_key
         self.send_rate_limit = send_rate_limit or None
+        self.request_rate_limit = request_rate_limit or None
+        self.sends_in_history = sends_in_history
+        self.customer_reply = customer_reply
+        self._conversation_index = ConversationIndex(conversation_order)
+        self._scheduled_receives = []
         self.host = loopback_host(host)
         self._requested_port = port
         self._lock = threading.RLock()
@@ -95,8 +124,8 @@ class FamulorSandbox(ControlMixin):
         self._requests: list[RecordedRequest] = []
         self._ledger: list[bytes] = []  # JSON, serialized once: entries never change once billed
         self._sessions: dict[tuple[int, str], float] = {}  # (sender_id, phone) -> window end (epoch)
-        self._conversations: dict[tuple[int, str], int] = {}
         self._send_times: deque[float] = deque()
+        self._read_times: deque[float] = deque()
         self._next_message_id = 1001
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
@@ -108,6 +137,8 @@ class FamulorSandbox(ControlMixin):
             ("POST", re.compile(r"/user/whatsapp/send"), self._send_template),
             ("POST", re.compile(r"/user/whatsapp/send-freeform"), self._send_freeform),
             ("GET", re.compile(r"/user/whatsapp/session-status"), self._session_status),
+            ("GET", re.compile(r"/user/conversations"), self._list_conversations),
+            ("GET", re.compile(r"/conversations/([^/]+)"), self._get_conversation),
         ]
 
     # Lifecycle
@@ -136,6 +167,8 @@ class FamulorSandbox(ControlMixin):
             return
         self._server = self._thread = None
         self._stopping.set()
+        with self._lock:
+            self._scheduled_receives.clear()
         server.shutdown()
         server.server_close()
         if thread is not None:
@@ -201,12 +234,14 @@ class FamulorSandbox(ControlMixin):
         path = parts.path
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._parse_body(raw_body)
+        with self._lock:
+            self._apply_scheduled()
+            self._apply_due_receives()
         if path.startswith("/_sandbox/"):
             return self._control(method, path, query, body)
         record = RecordedRequest(method, path, query, time.monotonic(), time.time())
         with self._lock:
             self._requests.append(record)
-            self._apply_scheduled()
         reply = self._answer(method, path, query, body, authorization)
         record.status = None if reply is None else reply.status
         return reply
@@ -233,7 +268,7 @@ class FamulorSandbox(ControlMixin):
                 continue
             if not self._authorized(authorization):
                 return json_reply(401, {"message": "Unauthenticated."})
-            retry_after = self._throttle() if method == "POST" else None  # the POST routes are the sends
+            retry_after = self._throttle() if method == "POST" else self._throttle_reads()  # POSTs: sends
             if retry_after is not None:
                 payload = {"message": "Too Many Attempts.", "retry_after": retry_after}
                 return json_reply(429, payload, {"Retry-After": str(retry_after)})

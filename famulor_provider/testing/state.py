@@ -88,7 +88,12 @@ class SandboxState:
     _faults: list[Fault]
     _ledger: list[bytes]  # JSON, serialized once: entries never change once billed
     _sessions: dict[tuple[int, str], float]  # (sender_id, phone) -> window end (epoch)
-    _conversations: dict[tuple[int, str], int]
     _send_times: deque[float]
+    _read_times: deque[float]
     _next_message_id: int
     _requests: list[RecordedRequest]
+
+    @property
+    def base_url(self) -> str:
+        """The Classic API base URL (``FamulorSandbox`` knows it)."""
+        raise NotImplementedError
