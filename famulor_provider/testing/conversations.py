@@ -6,12 +6,14 @@ and extend them (``MessagingMixin``), ``receive`` makes a customer write.
 
 The listing walks one index kept sorted by the order key, never sorting per request:
 ``created_asc`` / ``created_desc`` walk the creation list; ``updated_desc`` a list of activity
-ticks (ascending, so a touched conversation moves by one ``pop`` and one ``append``);
+ticks (ascending, so a touched conversation moves by one deletion and one ``append``);
 ``shuffled`` a fixed permutation of the creation numbers (sorted lazily once after additions).
-A ``customer_phone`` filter walks only that customer's conversations. A page is found by a
-bisection, so its cost does not grow with the account: with 100,000 conversations a page of
-100 takes about 1 ms and ``add_conversation`` about 10 us each (1.1 s for 100,000), measured by
-``python benchmarks/sandbox_conversations.py``.
+A ``customer_phone`` filter walks only that customer's conversations; the other filters skip
+what they reject while walking. A page is found by a bisection, so its cost does not grow with
+the account. With 100,000 conversations
+(``python benchmarks/sandbox_conversations.py``, a shared 2-core machine): finding a page of 100
+takes about 0.03 ms in-process, against 22 ms (150 ms shuffled) to sort them per request, and
+the whole HTTP answer 3 to 9 ms; ``add_conversation`` takes about 20 us (2 s for 100,000).
 
 The cursor is a keyset cursor, as Laravel's ``cursorPaginate``: it holds the order key of the
 page's last (``next_cursor``) or first (``prev_cursor``) item, and the next page starts right
@@ -27,8 +29,10 @@ import base64
 import binascii
 import bisect
 import copy
+import functools
 import heapq
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -427,10 +431,10 @@ class ConversationsMixin(SandboxState):
         name = sender.get("display_name")
         conversation = Conversation(
             seq=len(self._conversation_index.created),
-            id=str(uuid.uuid4()),
+            id=_uuid4(),
             sender_phone=sender_phone,
             sender_name=name,
-            assistant_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"famulor-sandbox:assistant:{sender_phone}")),
+            assistant_id=_assistant_id(sender_phone),
             assistant_name=f"{name or sender_phone} Assistant",
             customer_phone=customer_phone,
             customer_name=customer_name,
@@ -506,6 +510,19 @@ class ConversationsMixin(SandboxState):
             if conversation is None:
                 return json_reply(404, {"status": False, "error": "Conversation not found"})
             return json_reply(200, conversation.read())
+
+
+def _uuid4() -> str:
+    """A random (version 4) uuid, as ``str(uuid.uuid4())`` but three times faster (not for secrets)."""
+    bits = random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=256)
+def _assistant_id(sender_phone: str) -> str:
+    """The id of a sender's assistant: the same for every conversation of the sender."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"famulor-sandbox:assistant:{sender_phone}"))
 
 
 def _per_page(value: str | None, errors: dict[str, list[str]]) -> int:

@@ -2,7 +2,8 @@
 
 The parts, one module per concern: ``state`` (seed data, shared state), ``replies`` (answers and
 field validation), ``faults`` (``inject``), ``messaging`` (senders, templates, sends, sessions),
-``control`` (the ``/_sandbox`` API) and ``server`` (HTTP). This module assembles them.
+``conversations`` (listing, read, customers who write), ``control`` (the ``/_sandbox`` API) and
+``server`` (HTTP). This module assembles them.
 """
 
 from __future__ import annotations
