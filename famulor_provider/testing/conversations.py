@@ -184,8 +184,9 @@ class ConversationIndex:
         self._next_tick += 1
         self._ticks.append(conversation.tick)
         self._by_tick[conversation.tick] = conversation
-        self._shuffled.append(self.key(conversation) if self.order == "shuffled" else 0)
-        self._shuffled_sorted = False
+        if self.order == "shuffled":
+            self._shuffled.append(self.key(conversation))
+            self._shuffled_sorted = False
 
     def touch(self, conversation: Conversation, when: float) -> None:
         """Mark the conversation active now: it moves to the front of the ``updated_desc`` order.

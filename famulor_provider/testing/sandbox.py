@@ -250,7 +250,7 @@ class FamulorSandbox(ControlMixin):
     def _answer(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any], authorization: str | None
     ) -> Reply | None:
-        phone = body.get("recipient_phone", query.get("recipient_phone"))
+        phone = body.get("recipient_phone", query.get("recipient_phone", query.get("customer_phone")))
         fault = self._take_fault(FAULTS_BEFORE_ROUTING, api_path(path), phone)
         if fault is not None and not self._wait(fault.delay):
             return None

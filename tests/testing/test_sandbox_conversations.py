@@ -389,6 +389,10 @@ def test_faults_apply_to_the_conversation_routes(sandbox: FamulorSandbox) -> Non
     with pytest.raises(json.JSONDecodeError):
         call(sandbox, "GET", f"/conversations/{conversation_id}").json()
     assert read(sandbox, conversation_id)["history"] == [{"role": "user", "content": "Hi"}]
+    sandbox.inject("status", status=500, recipient_phone=OTHER)  # a listing filtered by customer_phone
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": PHONE}).status_code == 200
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": OTHER}).status_code == 500
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": OTHER}).status_code == 200
 
 
 def test_request_rate_limit_for_reads() -> None:
