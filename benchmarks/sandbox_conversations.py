@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from famulor_provider.testing import CONVERSATION_ORDERS, SANDBOX_API_KEY, FamulorSandbox
-from famulor_provider.testing.conversations import encode_cursor
+from famulor_provider.testing.conversation_index import encode_cursor
 
 SENDER_PHONE = "+4930901820"  # a seed sender
 AUTH = {"Authorization": f"Bearer {SANDBOX_API_KEY}"}

@@ -14,7 +14,7 @@ import requests
 from sandbox_client import AUTH, OTHER, PHONE, call, freeform, send, serve, stop, wait_for
 
 from famulor_provider.testing import CONVERSATION_ORDERS, FamulorSandbox
-from famulor_provider.testing.conversations import decode_cursor, encode_cursor
+from famulor_provider.testing.conversation_index import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from pathlib import Path
