@@ -5,6 +5,7 @@
 #   make test-airflow-2.11     the suite on one line (2.11, 3.1 or latest)
 #   make lint                  ruff check, ruff format --check, mypy (in .venv)
 #   make venv                  .venv with the latest Airflow 3.x, -e .[test,dev]
+#   make dist                  wheel + sdist in dist/, checked, installed into a fresh venv
 #   make airflow-db            a migrated SQLite DB in .airflow/latest/ for the airflow CLI
 #
 # Lines: "latest" is the newest Airflow 3.x in .venv; any other line X.Y is apache-airflow==X.Y.*
@@ -78,6 +79,28 @@ test-matrix:
 	done; \
 	if [ -n "$$failed" ]; then echo "test-matrix failed on Airflow:$$failed"; exit 1; fi; \
 	echo "test-matrix passed on Airflow: $(AIRFLOW_VERSIONS)"
+
+# dist: the wheel and sdist in dist/ (python -m build, its isolated build env made by uv), checked
+# with `twine check --strict` and .ci/check_dist.py (LICENSE in both archives, classifiers, entry
+# point, the README's images in the sdist); then the wheel is installed with the latest Airflow 3.x
+# into a fresh temporary venv whose `airflow providers list` must name the provider and version.
+DIST_AIRFLOW ?= apache-airflow>=3,<4
+
+.PHONY: dist
+dist: .venv/.installed
+	rm -rf dist
+	.venv/bin/python -m build --installer uv --outdir dist . >/dev/null
+	.venv/bin/twine check --strict dist/*
+	.venv/bin/python .ci/check_dist.py dist
+	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	version=$$(.venv/bin/python -c 'import famulor_provider; print(famulor_provider.__version__)'); \
+	$(UV) venv --quiet --python $(PYTHON) "$$tmp/venv"; \
+	$(UV) pip install --quiet --python "$$tmp/venv/bin/python" dist/*.whl '$(DIST_AIRFLOW)'; \
+	listed=$$(AIRFLOW_HOME="$$tmp/home" "$$tmp/venv/bin/airflow" providers list -o plain 2>"$$tmp/stderr") \
+		|| { cat "$$tmp/stderr"; exit 1; }; \
+	echo "$$listed" | awk -v v="$$version" '$$1 == "airflow-provider-famulor" && $$NF == v {print; found=1} END {exit !found}' \
+		|| { echo "airflow providers list does not name airflow-provider-famulor $$version:"; echo "$$listed"; exit 1; }; \
+	echo "dist: $$(ls dist | tr '\n' ' ')installed with $$("$$tmp/venv/bin/airflow" version 2>/dev/null | tail -1) in a fresh venv"
 
 # The airflow CLI's own home for a line (AIRFLOW_LINE, default latest): what `make demo` and the
 # system test build on. Migrated again when the venv changes.

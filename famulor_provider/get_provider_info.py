@@ -39,6 +39,25 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 }
 
 
+# Options of the [famulor] section, in Airflow's provider config format (`airflow config list`).
+CONFIG: dict[str, Any] = {
+    "famulor": {
+        "description": "Famulor provider settings.",
+        "options": {
+            "log_full_phone_numbers": {
+                "description": "Show full phone numbers in per-recipient INFO log lines and error texts. "
+                "Off: they show masked (+49151****23); full numbers are logged at DEBUG only. "
+                "Phone numbers are personal data: turn this on only where the task logs may hold them.",
+                "version_added": "0.2.0",
+                "type": "boolean",
+                "example": "True",
+                "default": "False",
+            },
+        },
+    }
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider, its modules and its connection type to Airflow."""
     return {
@@ -62,6 +81,7 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Famulor", "python-modules": ["famulor_provider.triggers.whatsapp"]}
         ],
         "notifications": ["famulor_provider.notifications.whatsapp.WhatsAppNotifier"],
+        "config": CONFIG,
         "connection-types": [
             {
                 "hook-class-name": "famulor_provider.hooks.famulor.FamulorHook",

@@ -161,3 +161,28 @@ def test_cli_lists_the_provider_and_hook() -> None:
     )
     line = next(x for x in hooks.stdout.splitlines() if x.split() and x.split()[0] == "famulor")
     assert "famulor_provider.hooks.famulor.FamulorHook" in line
+
+
+def test_provider_info_validates_against_airflows_schema() -> None:
+    import json
+    from pathlib import Path
+
+    import airflow
+    import jsonschema
+
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_the_famulor_config_section_is_registered_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    monkeypatch.delenv("AIRFLOW__FAMULOR__LOG_FULL_PHONE_NUMBERS", raising=False)
+    configs = dict(ProvidersManager().provider_configs)
+    option = configs["airflow-provider-famulor"]["famulor"]["options"]["log_full_phone_numbers"]
+    assert (option["type"], option["default"]) == ("boolean", "False")
+    script = "from airflow.configuration import conf; print(conf.get('famulor', 'log_full_phone_numbers'))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split()[-1] == "False"  # the provider's default, with nothing configured

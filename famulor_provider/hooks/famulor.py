@@ -424,6 +424,8 @@ class FamulorHook(BaseHook):
         if not isinstance(payload, Mapping) or payload.get("success") is False:
             cause = FamulorResponseError(f"POST {path} answered 2xx without success: true")
             raise self._delivery_unknown(path, body, attempted_at[-1], cause) from cause
+        from famulor_provider.privacy import phone_for_log
+
         message = WhatsAppMessage.from_api(
             payload,
             sender_id=body["sender_id"],
@@ -433,22 +435,30 @@ class FamulorHook(BaseHook):
         log.info(
             "WhatsApp message %s to %s accepted (%s)",
             message.message_id,
-            message.recipient_phone,
+            phone_for_log(message.recipient_phone),
             message.status,
         )
+        log.debug("WhatsApp message %s went to %s", message.message_id, message.recipient_phone)
         return message
 
     def _delivery_unknown(
         self, path: str, body: Mapping[str, Any], attempted_at: datetime, cause: FamulorError
     ) -> FamulorDeliveryUnknownError:
+        from famulor_provider.privacy import phone_for_log
+
+        # The text reaches the task log: the phone is masked like an INFO line (sender, minute and
+        # the kept digits find the message in Famulor); the full number is on the exception.
         when = attempted_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        phone = phone_for_log(body["recipient_phone"])
         text = (
             f"Delivery unknown: the WhatsApp message from sender {body['sender_id']} to "
-            f"{body['recipient_phone']} (POST {path} at {when}) may have been sent and billed. "
+            f"{phone} (POST {path} at {when}) may have been sent and billed. "
             "It was not retried, so the recipient cannot get it twice. Before sending again, check "
-            f"in Famulor whether sender {body['sender_id']} messaged {body['recipient_phone']} "
-            f"around {when}. Cause: {cause}"
+            f"in Famulor whether sender {body['sender_id']} messaged {phone} around {when} (the full "
+            "number is the send's recipient_phone: the task's rendered field, the campaign ledger, "
+            f"or this error's recipient_phone attribute). Cause: {cause}"
         )
+        log.debug("Delivery unknown for %s", body["recipient_phone"])
         return FamulorDeliveryUnknownError(
             self.config.scrub(text),
             sender_id=body["sender_id"],
@@ -561,5 +571,9 @@ def _log_template(template: WhatsAppTemplate) -> int:
 
 
 def _log_send(body: Mapping[str, Any]) -> None:
+    from famulor_provider.privacy import phone_for_log
+
     what = f"template {body['template_id']}" if "template_id" in body else "free-form message"
-    log.info("Sending WhatsApp %s from sender %s to %s", what, body["sender_id"], body["recipient_phone"])
+    phone = body["recipient_phone"]
+    log.info("Sending WhatsApp %s from sender %s to %s", what, body["sender_id"], phone_for_log(phone))
+    log.debug("Sending to %s", phone)

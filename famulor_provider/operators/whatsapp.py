@@ -373,13 +373,18 @@ class SendWhatsAppFreeformOperator(FamulorHookMixin, BaseOperator):
             try:
                 message = self.hook.send_whatsapp_freeform(sender_id, phone, text)
             except FamulorSessionExpiredError as err:
+                from famulor_provider.privacy import phone_for_log
+
                 # Refused, so nothing was sent: the fallback cannot make a second message.
                 if fallback_id is None:
                     raise AirflowFailException(
-                        f"No open 24-hour window with {phone}, so a free-form message cannot be sent "
-                        "(give fallback_template_id to send a template instead). Failing without retry."
+                        f"No open 24-hour window with {phone_for_log(phone)} (this task's recipient_phone), "
+                        "so a free-form message cannot be sent (give fallback_template_id to send a template "
+                        "instead). Failing without retry."
                     ) from err
-                self.log.info("No open 24-hour window with %s; sending template %s", phone, fallback_id)
+                self.log.info(
+                    "No open 24-hour window with %s; sending template %s", phone_for_log(phone), fallback_id
+                )
                 message = self.hook.send_whatsapp_template(
                     sender_id, fallback_id, phone, variables=fallback_variables
                 )

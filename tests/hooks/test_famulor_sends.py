@@ -31,6 +31,7 @@ from famulor_provider.exceptions import (
 from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.models import WhatsAppMessage, WhatsAppSessionStatus, WhatsAppTemplate
 from famulor_provider.pacing import SEND_INTERVAL, SendPacer
+from famulor_provider.privacy import mask_phone
 from famulor_provider.testing import FamulorSandbox
 
 SEND_URL = f"{BASE}/user/whatsapp/send"
@@ -294,7 +295,8 @@ def test_unknown_outcome_is_never_retried(
     assert m.call_count == 1  # exactly one request: a second could send the message twice
     text = str(err.value)
     assert "may have been sent" in text
-    assert "sender 12" in text and PHONE in text and "UTC" in text
+    assert "sender 12" in text and mask_phone(PHONE) in text and "UTC" in text
+    assert PHONE not in text  # the full number is on the error, not in its text (the task log)
     assert cause in text
     assert (err.value.sender_id, err.value.recipient_phone) == (12, PHONE)
     assert err.value.attempted_at.tzinfo is not None
@@ -610,3 +612,32 @@ def _send_from_threads(famulor_sandbox: Any) -> None:
     assert len(accepted) == n
     assert accepted[-1] - accepted[0] >= (n - 1) / 5
     assert sorted(row["recipient_phone"] for row in famulor_sandbox.ledger) == sorted(phones)
+
+
+@pytest.mark.parametrize("endpoint", ["send", "send-freeform"])
+def test_info_lines_mask_the_phone_and_debug_has_it(
+    hook: FamulorHook, endpoint: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW__FAMULOR__LOG_FULL_PHONE_NUMBERS", raising=False)
+    caplog.set_level(logging.DEBUG, logger="famulor_provider")
+    with requests_mock.Mocker() as m:
+        m.post(URLS[endpoint], json=ACCEPTED)
+        send(hook, endpoint)
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(line.startswith("Sending WhatsApp") and mask_phone(PHONE) in line for line in info), info
+    assert any("accepted" in line and mask_phone(PHONE) in line for line in info), info
+    assert not [line for line in info if PHONE in line]
+    assert any(PHONE in line for line in debug)
+
+
+def test_the_switch_shows_full_numbers_at_info(
+    hook: FamulorHook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__FAMULOR__LOG_FULL_PHONE_NUMBERS", "true")
+    caplog.set_level(logging.INFO, logger="famulor_provider")
+    with requests_mock.Mocker() as m, pytest.raises(FamulorDeliveryUnknownError) as err:
+        m.post(SEND_URL, status_code=502)
+        send(hook, "send")
+    assert f"to {PHONE}" in caplog.text
+    assert f"messaged {PHONE} around" in str(err.value)

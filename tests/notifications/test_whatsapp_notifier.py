@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +22,10 @@ from airflow.providers.common.compat.sdk import DAG
 
 from famulor_provider.exceptions import FamulorError, FamulorValidationError
 from famulor_provider.get_provider_info import get_provider_info
+from famulor_provider.notifications.claims import AlertClaims
 from famulor_provider.notifications.whatsapp import WhatsAppNotifier, send_whatsapp_notification
+from famulor_provider.pacing import SEND_INTERVAL, SendPacer
+from famulor_provider.privacy import mask_phone
 
 AIRFLOW_2 = importlib.metadata.version("apache-airflow").startswith("2.")
 DAGS = Path(__file__).parent / "dags" / "famulor_notifier_dags.py"
@@ -140,8 +145,9 @@ def test_each_recipient_gets_one_message_and_the_name_is_resolved_once(
     assert {json.dumps(m["variables"]) for m in sent.values()} == {'{"1": "load"}'}
     assert [r.path for r in famulor_sandbox.requests].count(TEMPLATES_PATH) == 1
     logged = logs()
-    assert f"sent to all 3 recipient(s): ['{A}', '{B}', '{C}']" in logged
+    assert f"sent to all 3 recipient(s): {[mask_phone(p) for p in (A, B, C)]}" in logged
     assert SECRET not in logged
+    assert A not in logged and B not in logged and C not in logged  # INFO lines mask the numbers
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -158,12 +164,14 @@ def test_failing_recipients_are_reported_and_the_others_are_messaged(
 
     assert sorted(messages(famulor_sandbox)) == sorted([A, lost, "+14155550105"])
     error = str(raised.value)
-    assert f"failed for 4 of 6 recipient(s) ['{B}', '12345', '{C}', '{lost}']" in error
+    not_sent = [mask_phone(p) for p in (B, "12345", C, lost)]
+    assert f"failed for 4 of 6 recipient(s) {not_sent}" in error
     assert "INVALID_PHONE" in error or "Invalid phone" in error
     assert "Delivery unknown" in error  # never retried: the ledger holds exactly one message
     logged = logs()
-    assert f"sent to 2 of 6 recipient(s): ['{A}', '+14155550105']" in logged
+    assert f"sent to 2 of 6 recipient(s): {[mask_phone(A), mask_phone('+14155550105')]}" in logged
     assert SECRET not in error and SECRET not in logged
+    assert not [p for p in (A, B, C, lost) if p in logged or p in error]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -217,6 +225,210 @@ def test_a_deadline_alert_callback_sends_through_the_triggerer_path(famulor_sand
     assert sorted(messages(famulor_sandbox)) == [A, B]
 
 
+# -- 429 storms and alert floods --------------------------------------------------------------------
+
+SEND_PATH = "/user/whatsapp/send"
+
+
+class FakeTime:
+    """A clock that moves only when the notifier or its hook sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+def notify_on_fake_time(alert: WhatsAppNotifier, mode: str, fake: FakeTime) -> None:
+    ctx = context()
+    alert.render_template_fields(ctx)
+    alert.clock = fake.clock  # type: ignore[method-assign]
+    alert.hook.sleep = fake.sleep  # type: ignore[method-assign]
+    alert.hook.async_sleep = fake.async_sleep  # type: ignore[method-assign]
+    alert.hook.send_pacer = SendPacer(SEND_INTERVAL, clock=fake.clock)
+    if mode == "sync":
+        alert.notify(ctx)
+    else:
+        asyncio.run(alert.async_notify(ctx))
+
+
+def posts(sandbox: Any) -> int:
+    return sum(1 for r in sandbox.requests if r.method == "POST")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_alert_outlasts_more_429s_than_the_hook_retries(famulor_sandbox: Any, mode: str) -> None:
+    # The sandbox connection allows 2 retries: 3 tries. Five 429s in a row used to lose the alert.
+    famulor_sandbox.inject("status", path=SEND_PATH, status=429, retry_after=120, times=5)
+    fake = FakeTime()
+
+    notify_on_fake_time(notifier(recipients=A), mode, fake)
+
+    assert sorted(messages(famulor_sandbox)) == [A]
+    assert posts(famulor_sandbox) == 6
+    assert all(wait <= 61 for wait in fake.sleeps), fake.sleeps  # Retry-After capped at 60 s (+ jitter)
+    assert 299 < fake.now < 301  # five waits of 60 s and the notifier's jitter (< 1 s)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_patience_bounds_how_long_429s_are_retried(famulor_sandbox: Any, mode: str, logs: Any) -> None:
+    famulor_sandbox.inject("status", path=SEND_PATH, status=429, retry_after=120, times=100)
+    fake = FakeTime()
+
+    with pytest.raises(FamulorError) as raised:
+        notify_on_fake_time(notifier(recipients=A, rate_limit_patience=200), mode, fake)
+
+    # Round 1: 3 tries (t = 120); wait 60 (t = 180); round 2: 3 tries (t = 300); past 200: give up.
+    assert posts(famulor_sandbox) == 6 and famulor_sandbox.ledger == []
+    assert 300 < fake.now < 302
+    assert f"failed for 1 of 1 recipient(s) ['{mask_phone(A)}']" in str(raised.value)
+    assert "429" in str(raised.value)
+    assert "(rate_limit_patience)" in logs()
+
+
+@pytest.mark.parametrize("patience", [-1, "soon", None])
+def test_a_bad_patience_is_an_error_naming_the_argument(patience: Any) -> None:
+    with pytest.raises(FamulorValidationError, match="rate_limit_patience"):
+        run(notifier(recipients=A, rate_limit_patience=patience), "sync")
+
+
+def fire_together(alerts: list[tuple[WhatsAppNotifier, dict[str, Any]]]) -> list[Exception]:
+    """Run every callback at once, each in its own thread with its own pacer (as worker processes)."""
+    barrier = threading.Barrier(len(alerts))
+    errors: list[Exception] = []
+
+    def fire(alert: WhatsAppNotifier, ctx: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            alert.notify(ctx)
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=fire, args=pair) for pair in alerts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return errors
+
+
+def failing_tasks(n: int, run_id: str | None = None, **kwargs: Any) -> list[tuple[WhatsAppNotifier, dict]]:
+    alerts = []
+    for i in range(n):
+        alert = notifier(recipients=[A, B], **kwargs)
+        ctx = context(f"task_{i:02d}")
+        if run_id:
+            ctx["run_id"] = run_id
+            ctx["dag_run"] = SimpleNamespace(dag_id="etl", run_id=run_id)
+        alert.render_template_fields(ctx)
+        alert.hook.send_pacer = SendPacer(SEND_INTERVAL)  # each task in its own worker process
+        alerts.append((alert, ctx))
+    return alerts
+
+
+def test_twenty_tasks_failing_together_lose_no_alert_to_a_429_storm(famulor_sandbox: Any) -> None:
+    # 20 callbacks x 2 on-call numbers at once against the 5 sends/s limit, and ten more 429s
+    # (Retry-After: 3) injected on top: every alert goes out, each exactly once.
+    famulor_sandbox.inject("status", path=SEND_PATH, status=429, retry_after=3, times=10)
+    started = time.monotonic()
+
+    errors = fire_together(failing_tasks(20))
+
+    elapsed = time.monotonic() - started
+    assert errors == []
+    sent = Counter((m["recipient_phone"], m["variables"]["1"]) for m in famulor_sandbox.ledger)
+    assert sent == {(phone, f"task_{i:02d}"): 1 for i in range(20) for phone in (A, B)}
+    total = posts(famulor_sandbox)
+    print(f"\n40 alerts in {elapsed:.1f} s, {total} POSTs ({total - 40} answered 429)")
+
+
+def test_once_per_dag_run_sends_each_recipient_one_message_from_twenty_callbacks(
+    famulor_sandbox: Any, tmp_path: Path
+) -> None:
+    errors = fire_together(failing_tasks(20, "run_1", once_per_dag_run=True, claims_folder=str(tmp_path)))
+    errors += fire_together(failing_tasks(20, "run_2", once_per_dag_run=True, claims_folder=str(tmp_path)))
+
+    assert errors == []
+    by_phone = Counter(m["recipient_phone"] for m in famulor_sandbox.ledger)
+    assert by_phone == {A: 2, B: 2}  # one per recipient per run
+    assert len(list(tmp_path.glob("etl/*/*"))) == 4
+
+
+def test_a_claim_is_given_back_only_when_nothing_was_sent(famulor_sandbox: Any, tmp_path: Path) -> None:
+    famulor_sandbox.inject("invalid_phone", path=SEND_PATH, recipient_phone=B)  # refused: not sent
+    famulor_sandbox.inject("accept_then_drop", path=SEND_PATH, recipient_phone=A)  # sent, answer lost
+    [(first, ctx1)] = failing_tasks(1, "run_1", once_per_dag_run=True, claims_folder=str(tmp_path))
+    [(second, ctx2)] = failing_tasks(1, "run_1", once_per_dag_run=True, claims_folder=str(tmp_path))
+
+    with pytest.raises(FamulorError, match="Delivery unknown"):
+        first.notify(ctx1)
+    second.notify(ctx2)
+
+    assert Counter(m["recipient_phone"] for m in famulor_sandbox.ledger) == {A: 1, B: 1}
+    assert [m["variables"]["1"] for m in famulor_sandbox.ledger] == ["task_00", "task_00"]
+    assert posts(famulor_sandbox) == 3  # A once (kept its claim), B refused then sent by the second
+
+
+def test_once_per_dag_run_needs_a_dag_run_in_the_context(famulor_sandbox: Any, tmp_path: Path) -> None:
+    with pytest.raises(FamulorValidationError, match="once_per_dag_run"):
+        run(notifier(recipients=A, once_per_dag_run=True, claims_folder=str(tmp_path)), "sync")
+    assert famulor_sandbox.ledger == []
+
+
+CLAIM_RACE = """
+import sys, time
+from famulor_provider.notifications.claims import AlertClaims
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+print(AlertClaims(sys.argv[1]).claim("etl", "manual__2026-01-01T00:00:00+00:00", "+14155550101"))
+"""
+
+
+def test_one_claim_wins_among_twenty_processes(tmp_path: Path) -> None:
+    start = str(time.time() + 3)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM_RACE, str(tmp_path / "claims"), start],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(20)
+    ]
+    results = [racer.communicate(timeout=120)[0].split() for racer in racers]
+
+    assert sorted(results) == [["False"]] * 19 + [["True"]]
+    claim = AlertClaims(tmp_path / "claims").path("etl", "manual__2026-01-01T00:00:00+00:00", A)
+    assert claim.stat().st_mode & 0o777 == 0o600
+    assert A not in str(claim) and "etl" in str(claim)
+    assert {p.stat().st_mode & 0o777 for p in claim.parents if p.is_relative_to(tmp_path / "claims")} == {
+        0o700
+    }
+
+
+def test_claims_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        assert AlertClaims(tmp_path / "c").claim("etl", "run", A)
+    finally:
+        os.umask(old)
+    claim = AlertClaims(tmp_path / "c").path("etl", "run", A)
+    assert claim.stat().st_mode & 0o777 == 0o600
+    folders = (claim.parent, claim.parent.parent, tmp_path / "c")
+    assert [p.stat().st_mode & 0o777 for p in folders] == [0o700] * 3
+
+
 # -- real DAG runs ---------------------------------------------------------------------------------
 
 
@@ -264,6 +476,34 @@ def test_the_example_dag_alerts_and_its_run_succeeds(run_dag: Any, famulor_sandb
     sent = messages(famulor_sandbox)
     assert sorted(sent) == [A, B]
     assert {m["variables"]["1"] for m in sent.values()} == {"famulor_alert_on_failure.fail_on_purpose"}
+
+
+def test_twenty_failing_tasks_alert_once_per_dag_run(
+    run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FAMULOR_TEST_RECIPIENTS", json.dumps([A, B]))
+    monkeypatch.setenv("FAMULOR_TEST_CLAIMS", str(tmp_path))
+
+    runs = [run_dag(DAGS, "notifier_once_per_dag_run") for _ in range(2)]
+
+    assert [set(r.states.values()) for r in runs] == [{"failed"}, {"failed"}]
+    assert len(runs[0].states) == 20
+    ledger = famulor_sandbox.ledger
+    per_run = Counter((m["recipient_phone"], m["variables"]["1"].split(" failed in ")[1]) for m in ledger)
+    assert per_run == {(phone, r.run_id): 1 for r in runs for phone in (A, B)}
+
+
+def test_a_dag_callback_alerts_once_however_many_tasks_fail(
+    run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAMULOR_TEST_RECIPIENTS", json.dumps([A, B]))
+
+    result = run_dag(DAGS, "notifier_dag_callback_of_many")
+
+    assert result.state == "failed" and len(result.states) == 20
+    sent = messages(famulor_sandbox)
+    assert sorted(sent) == [A, B]
+    assert {m["variables"]["1"] for m in sent.values()} == {f"{result.run_id} failed"}
 
 
 # -- packaging -------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from famulor_provider.operators.whatsapp import (
     SendWhatsAppTemplateOperator,
     send_failures,
 )
+from famulor_provider.privacy import mask_phone
 from famulor_provider.testing import SANDBOX_API_KEY
 
 OPERATOR_DAGS = Path(__file__).parent / "dags" / "famulor_operator_cases.py"
@@ -48,7 +49,11 @@ def template_op(**kwargs: Any) -> SendWhatsAppTemplateOperator:
 
 
 def test_every_templated_argument_renders_in_a_real_run(
-    run_dag: Any, famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+    run_dag: Any,
+    famulor_sandbox: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The templated connection id must be rendered before the (lazy) hook is built.
     monkeypatch.setenv("AIRFLOW_CONN_FAMULOR_TEMPLATED", famulor_sandbox.connection_json())
@@ -83,6 +88,12 @@ def test_every_templated_argument_renders_in_a_real_run(
     assert result.xcom("send_template")["message_id"] == template["message_id"]
     lookups = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders/12/templates"]
     assert [r.query for r in lookups] == [{"status": "all"}] * 2  # the listing, and the name lookup
+    # Personal data: the task logs name each recipient masked, never in full.
+    log = task_log(caplog, capsys)
+    for phone in sent:
+        assert phone not in log
+        assert f"to {mask_phone(phone)} accepted" in log
+    assert f"No open 24-hour window with {mask_phone('+4915112345670')}" in log
 
 
 def test_variables_rendered_as_python_text_are_accepted(run_dag: Any, famulor_sandbox: Any) -> None:

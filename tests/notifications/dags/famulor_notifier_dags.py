@@ -76,3 +76,54 @@ with DAG(
         raise RuntimeError("failing on purpose")
 
     fail()
+
+
+# Twenty tasks that fail together, every one with the same task-level alert: once per DAG run.
+# The claims live in FAMULOR_TEST_CLAIMS (a test's temporary folder).
+with DAG(
+    dag_id="notifier_once_per_dag_run",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    default_args={
+        "retries": 0,
+        "on_failure_callback": send_whatsapp_notification(
+            sender_id=12,
+            recipients=RECIPIENTS,
+            template_id=1201,
+            variables={"1": "{{ ti.task_id }} failed in {{ run_id }}"},
+            once_per_dag_run=True,
+            claims_folder=os.environ.get("FAMULOR_TEST_CLAIMS", ""),
+        ),
+    },
+):
+
+    @task
+    def fail() -> None:
+        raise RuntimeError("failing on purpose")
+
+    for n in range(20):
+        fail.override(task_id=f"fail_{n:02d}")()
+
+
+# The same twenty failures with the alert as the DAG's own callback: once per run by construction.
+with DAG(
+    dag_id="notifier_dag_callback_of_many",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    default_args={"retries": 0},
+    on_failure_callback=send_whatsapp_notification(
+        sender_id=12,
+        recipients=RECIPIENTS,
+        template_id=1201,
+        variables={"1": "{{ run_id }} failed"},
+    ),
+):
+
+    @task
+    def fail_too() -> None:
+        raise RuntimeError("failing on purpose")
+
+    for n in range(20):
+        fail_too.override(task_id=f"fail_{n:02d}")()
