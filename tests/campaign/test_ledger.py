@@ -129,7 +129,7 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
         ledger.record_outcome(PHONE_B, "refused", error_code="INVALID_PHONE", error="x" * 1000)
         ledger.record_attempt(PHONE_C)
         ledger.record_outcome(PHONE_C, "unknown", error=TimeoutError("read timed out"))
-        assert ledger.counts() == {"sent": 1, "refused": 1, "unknown": 1, "in_flight": 0}
+        assert ledger.counts() == {"sent": 1, "refused": 1, "rejected": 0, "unknown": 1, "in_flight": 0}
 
     with open_ledger(tmp_path, try_number=2) as ledger:
         assert ledger.state == {PHONE_A: "sent", PHONE_B: "refused", PHONE_C: "unknown"}
@@ -141,7 +141,7 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
         assert ledger.should_send("+14155550009")
         ledger.record_attempt(PHONE_B)
         ledger.record_outcome(PHONE_B, "sent", message_id=88)
-        assert ledger.counts() == {"sent": 2, "refused": 0, "unknown": 1, "in_flight": 0}
+        assert ledger.counts() == {"sent": 2, "refused": 0, "rejected": 0, "unknown": 1, "in_flight": 0}
 
     events = lines_of(ledger.path)
     assert [event["type"] for event in events] == ["campaign", "try"] + ["attempt", "outcome"] * 3 + [
@@ -164,7 +164,14 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
     assert records[1]["message_id"] == 88
     assert records[1]["error_code"] is None  # the last outcome's fields, not the refusal's
     assert records[0]["status"] == "queued"
-    assert summarize(records) == {"recipients": 3, "sent": 2, "refused": 0, "unknown": 1, "attempts": 4}
+    assert summarize(records) == {
+        "recipients": 3,
+        "sent": 2,
+        "refused": 0,
+        "rejected": 0,
+        "unknown": 1,
+        "attempts": 4,
+    }
     assert list(read_campaign_ledger(Path(ledger.path).as_uri())) == records  # % in names: %25 in a URI
 
 
@@ -197,7 +204,7 @@ def test_a_later_try_without_a_ledger_fails_and_creates_nothing(tmp_path):
     assert path in str(err.value)
     assert not os.path.exists(path)
 
-    with open_ledger(tmp_path, try_number=2, missing_ok=True) as ledger:
+    with open_ledger(tmp_path, try_number=2, allow_new_ledger=True) as ledger:
         assert ledger.header is not None
 
 
@@ -348,7 +355,13 @@ def test_state_costs_about_100_bytes_per_recipient(tmp_path):
     finally:
         tracemalloc.stop()
     with ledger:
-        assert ledger.counts() == {"sent": 9_000, "refused": 1_000, "unknown": 0, "in_flight": 0}
+        assert ledger.counts() == {
+            "sent": 9_000,
+            "refused": 1_000,
+            "rejected": 0,
+            "unknown": 0,
+            "in_flight": 0,
+        }
     # 100,000 recipients at this rate stay far under the 50 MB budget.
     assert retained / count < 200, retained
     assert peak / count < 300, peak

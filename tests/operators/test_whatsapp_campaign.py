@@ -131,6 +131,7 @@ def test_everyone_is_sent_once_at_most_five_per_second(
         "invalid": 0,
         "duplicates": 1,
         "sent": 7,
+        "rejected": 0,
         "unknown": 0,
         "failed": 0,
         "sent_this_try": 7,
@@ -222,32 +223,104 @@ def test_a_lost_answer_is_unknown_and_fails_without_retry(
     assert "4 sent" in text and ledger in text and "without retry" in text
 
 
-# -- d. a refusal: the retry sends only the refused recipient ---------------------------------------
+# -- d. refusals: rejected for good, or not sent this time ---------------------------------------
+
+NOT_THIS_TIME = {"success": False, "error": "Something went wrong", "error_code": "UNKNOWN_ERROR"}
 
 
-def test_a_refused_recipient_is_retried_alone(
+def posts(sandbox: FamulorSandbox) -> int:
+    """How many send requests the sandbox received."""
+    return len([r for r in sandbox.requests if r.method == "POST"])
+
+
+def test_a_refused_recipient_is_retried_alone_and_a_rejected_one_never(
     campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any], tmp_path: Path
 ) -> None:
-    refused = PHONES[2]
-    sandbox.inject("invalid_phone", recipient_phone=refused)
+    refused, rejected = PHONES[2], PHONES[3]
+    sandbox.inject("status", status=422, body=NOT_THIS_TIME, path=SEND_PATH, recipient_phone=refused)
+    sandbox.inject("invalid_phone", recipient_phone=rejected, times=5)
 
     result = campaign(recipients_for(PHONES[:5]))
 
     ti = result.ti("campaign")
     assert (ti.state, ti.try_number) == ("success", 2)
-    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
-    posts = [r for r in sandbox.requests if r.method == "POST"]
-    assert len(posts) == 6  # five on try 1 (one refused), the refused one again on try 2
+    assert billed(sandbox) == dict.fromkeys([PHONES[0], PHONES[1], PHONES[2], PHONES[4]], 1)
+    # Five on try 1; on try 2 the refused one again, and the rejected one is not posted again.
+    assert posts(sandbox) == 6
     (_, first), (_, second) = tries
     assert "1 recipient(s) refused by the API" in str(first) and "tries the refused" in str(first)
     assert second is None
     summary = ti.return_value
-    assert (summary["sent"], summary["sent_this_try"], summary["failed"]) == (5, 1, 0)
-    assert outcomes(summary["ledger"]) == {**dict.fromkeys(PHONES[:5], ("sent", 1)), refused: ("sent", 2)}
+    assert (summary["sent"], summary["sent_this_try"], summary["failed"], summary["rejected"]) == (4, 1, 0, 1)
+    assert outcomes(summary["ledger"]) == {
+        **dict.fromkeys(PHONES[:5], ("sent", 1)),
+        refused: ("sent", 2),
+        rejected: ("rejected", 1),
+    }
     events = list(iter_ledger_events(summary["ledger"]))
     assert [e["try_number"] for e in events if e["type"] == "try"] == [1, 2]
     refusal = next(e for e in events if e["type"] == "outcome" and e["outcome"] == "refused")
-    assert (refusal["recipient_phone"], refusal["error_code"]) == (refused, "INVALID_PHONE")
+    assert (refusal["recipient_phone"], refusal["error_code"]) == (refused, "UNKNOWN_ERROR")
+    rejection = next(e for e in events if e["type"] == "outcome" and e["outcome"] == "rejected")
+    assert (rejection["recipient_phone"], rejection["error_code"]) == (rejected, "INVALID_PHONE")
+
+
+def test_rejected_recipients_do_not_fail_the_task_by_default(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any]
+) -> None:
+    sandbox.inject("invalid_phone", recipient_phone=PHONES[0])
+    twilio = {"success": False, "error": "Invalid 'To' Phone Number", "error_code": "TWILIO_ERROR_21211"}
+    sandbox.inject("status", status=422, body=twilio, path=SEND_PATH, recipient_phone=PHONES[4])
+
+    result = campaign(recipients_for(PHONES[:6]))
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 1)
+    assert tries == [(1, None)]
+    assert posts(sandbox) == 6
+    summary = ti.return_value
+    assert (summary["sent"], summary["rejected"], summary["failed"], summary["unknown"]) == (4, 2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("max_rejected", "state"),
+    [(1, "failed"), ("0.2", "failed"), (2, "success"), (0.4, "success")],
+)
+def test_past_max_rejected_the_task_fails_without_retry_after_everyone_was_tried(
+    campaign: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    max_rejected: Any,
+    state: str,
+) -> None:
+    for phone in (PHONES[0], PHONES[3]):
+        sandbox.inject("invalid_phone", recipient_phone=phone)
+
+    result = campaign(recipients_for(PHONES[:5]), max_rejected=max_rejected)
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == (state, 1)  # retries=1, but no retry
+    assert posts(sandbox) == 5  # every recipient was tried, once
+    assert billed(sandbox) == dict.fromkeys([PHONES[1], PHONES[2], PHONES[4]], 1)
+    [(_, error)] = tries
+    if state == "failed":
+        text = str(error)
+        assert "2 of 5 recipient(s) rejected" in text and f"max_rejected={float(max_rejected):g} " in text
+        assert "without retry" in text and "3 sent" in text
+    else:
+        assert error is None
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "many", True])
+def test_a_bad_max_rejected_fails_before_sending(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any], bad: Any
+) -> None:
+    result = campaign(recipients_for(PHONES[:2]), max_rejected=bad)
+
+    assert (result.ti("campaign").state, result.ti("campaign").try_number) == ("failed", 1)
+    assert [r for r in sandbox.requests if r.method == "POST"] == []
+    [(_, error)] = tries
+    assert "Invalid max_rejected" in str(error) and "fraction below 1" in str(error)
 
 
 # -- e. a 429 storm --------------------------------------------------------------------------------------
@@ -269,6 +342,26 @@ def test_answers_429_wait_and_go_on(campaign: Callable[..., Any], sandbox: Famul
     first_429 = min(r.monotonic for r in posts if r.status == 429)
     after = [r.monotonic for r in posts if r.monotonic > first_429 and r.status == 200]
     assert after and min(after) - first_429 >= 0.9
+
+
+def test_429_holds_that_overlap_end_at_the_latest_end_not_their_sum(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox
+) -> None:
+    # Five sends in flight at once (each answer takes 0.3 s), each answered 429 Retry-After: 2.
+    sandbox.inject("status", status=429, retry_after=2, times=5, delay=0.3, path=SEND_PATH)
+
+    result = campaign(recipients_for(PHONES[:5]))
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 1)
+    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
+    assert ti.return_value["answered_429"] == 5
+    posts = [r for r in sandbox.requests if r.method == "POST"]
+    limited = sorted(r.monotonic for r in posts if r.status == 429)
+    assert len(limited) == 5 and limited[-1] - limited[0] < 0.3  # all five were in flight together
+    # The next send left about 2 s after the 429s arrived (0.3 s after their requests): not 10 s.
+    gap = min(r.monotonic for r in posts if r.status == 200) - limited[0]
+    assert 2.2 <= gap < 3.5, gap
 
 
 # -- f. sender offline -----------------------------------------------------------------------------------
@@ -429,7 +522,8 @@ def test_a_later_try_that_finds_no_ledger_sends_nothing(
     before_try: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    sandbox.inject("invalid_phone", recipient_phone=PHONES[1])  # try 1 fails, retryable
+    # Try 1 fails, retryable.
+    sandbox.inject("status", status=422, body=NOT_THIS_TIME, path=SEND_PATH, recipient_phone=PHONES[1])
 
     def lose_the_ledger(try_number: int) -> None:
         if try_number == 2:  # as if the retry ran on a worker that cannot see the folder
@@ -448,6 +542,7 @@ def test_a_later_try_that_finds_no_ledger_sends_nothing(
     assert "refused" in str(first)
     text = str(second)
     assert "Try 2 found no campaign ledger" in text and "storage every worker sees" in text
+    assert "allow_new_ledger=True" in text and "missing_ok" not in text
     assert not list((tmp_path / "ledgers").rglob("*.jsonl"))  # and did not create a new one
 
 
