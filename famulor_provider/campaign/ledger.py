@@ -241,7 +241,7 @@ def _make_private_dirs(folder: str) -> None:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             if not os.path.isdir(directory):
-                raise
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory) from None
             continue  # another process created it: not ours to change
         os.chmod(directory, 0o700)
 
@@ -261,8 +261,7 @@ class CampaignLedger:
         self._needs_newline = False
         self._failed: str | None = None
         self._end: int | None = None  # the file's size after this try's last write
-        self._last_size = 0  # the bytes of this try's last write
-        self._conflict: str | None = None  # why no more attempts may be written
+        self._foreign_at: int | None = None  # where bytes this try did not write were found
         self.header: dict[str, Any] | None = None
         """The ``campaign`` line."""
         self.tries = 0
@@ -435,29 +434,23 @@ class CampaignLedger:
             raise FamulorError(
                 f"{phone} was already {state} according to the ledger {self.path}; not sending again"
             )
-        if self._conflict is not None:
-            raise FamulorLedgerConflictError(self._conflict)
-        self._check_sole_writer()
-        start = self._end
+        unchecked = self._foreign_at is None and self._fd is not None and self._end is not None
+        if unchecked and os.fstat(self._fd).st_size != self._end:  # type: ignore[arg-type]
+            self._foreign_at = self._end
+        if self._foreign_at is not None:
+            raise self._conflict()
         self._append({"type": "attempt", "recipient_phone": phone, "at": _now()})
         self._set(phone, IN_FLIGHT)
-        if start is not None and self._end != start + self._last_size:
+        if self._foreign_at is not None:
             # Someone wrote between the check and this line: do not send it after all.
             self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
-            self._check_sole_writer(since=start)
+            raise self._conflict()
 
-    def _check_sole_writer(self, since: int | None = None) -> None:
-        """Raise when the file holds bytes this try did not write (after ``since``, default: the end
-        of this try's last write)."""
-        if self._fd is None or self._end is None:
-            return
-        since = self._end if since is None else since
-        size = os.fstat(self._fd).st_size
-        if size == self._end and since == self._end:
-            return
+    def _conflict(self) -> FamulorLedgerConflictError:
+        """The error for bytes this try did not write, found after offset ``_foreign_at``."""
         other = "another process"
         with open(self.path, "rb") as file:
-            file.seek(since)
+            file.seek(self._foreign_at or 0)
             for line in file.read(1 << 20).splitlines():
                 event = _parse(line)
                 if event is not None and event.get("type") == "try":
@@ -466,13 +459,12 @@ class CampaignLedger:
                         f"(pid {event.get('pid')})"
                     )
                     break
-        self._conflict = (
+        return FamulorLedgerConflictError(
             f"Another writer appended to the campaign ledger {self.path} during this try: {other}. "
             "Two tries may be sending at once (the file lock does not hold across hosts on this "
             "file system), so this try sends nothing more. A later try resumes from the ledger "
             "once the other one has ended."
         )
-        raise FamulorLedgerConflictError(self._conflict)
 
     def record_outcome(
         self,
@@ -528,11 +520,12 @@ class CampaignLedger:
                 written = os.write(self._fd, view)
                 view = view[written:]
             os.fsync(self._fd)
-            self._end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            previous, self._end = self._end, os.lseek(self._fd, 0, os.SEEK_CUR)
+            if previous is not None and self._end != previous + len(data) and self._foreign_at is None:
+                self._foreign_at = previous  # someone else wrote before or during this write
         except OSError as err:
             self._failed = str(err)
             raise FamulorError(f"Cannot write the campaign ledger {self.path}: {err}") from err
-        self._last_size = len(data)
         self._needs_newline = False
 
     def close(self) -> None:

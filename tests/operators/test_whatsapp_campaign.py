@@ -591,3 +591,117 @@ def test_insufficient_balance_stops_at_once_and_a_clear_resumes(
     assert summary["ledger"] == ledger_of(result, tmp_path / "ledgers")
     assert outcomes(summary["ledger"])[PHONES[2]] == ("sent", 2)
     assert os.path.exists(summary["ledger"])
+
+
+# -- l. the ledger: a second writer, bad paths -------------------------------------------------------
+
+
+def test_a_second_writer_on_the_ledger_stops_the_try_and_the_retry_resumes(
+    campaign: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from famulor_provider.hooks.famulor import FamulorHook
+
+    send = FamulorHook.send_whatsapp_template
+    written: list[str] = []
+
+    def send_while_another_writes(self: FamulorHook, *args: Any, **kwargs: Any) -> Any:
+        if args[2] == PHONES[1] and not written:  # a zombie try on another host, no lock there
+            [path] = (tmp_path / "ledgers").rglob("*.jsonl")
+            other = {"type": "try", "try_number": 9, "hostname": "worker-b", "pid": 4242}
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(json.dumps(other) + "\n")
+            written.append(str(path))
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(FamulorHook, "send_whatsapp_template", send_while_another_writes)
+
+    result = campaign(recipients_for(PHONES[:5]), max_sends_per_second=5)
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 2)
+    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
+    (_, first), (_, second) = tries
+    assert type(first).__name__ == "FamulorLedgerConflictError"
+    assert "try 9 on host worker-b (pid 4242)" in str(first) and "sends nothing more" in str(first)
+    assert second is None
+    events = list(iter_ledger_events(written[0]))
+    assert [e["try_number"] for e in events if e["type"] == "try"] == [1, 9, 2]
+    foreign = next(n for n, e in enumerate(events) if e.get("pid") == 4242)
+    retry = next(n for n, e in enumerate(events) if e.get("try_number") == 2)
+    # Try 1 wrote no attempt after the foreign line; only outcomes of sends already in flight.
+    assert [e["type"] for e in events[foreign + 1 : retry]] in (["outcome"], [])
+
+
+@pytest.mark.parametrize(
+    ("ledger_path", "why"),
+    [("/proc/famulor-ledgers", "cannot be created there"), ("FILE", "is a file, not a folder")],
+)
+def test_a_bad_ledger_path_fails_once_without_retry(
+    run_dag: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    tmp_path: Path,
+    ledger_path: str,
+    why: str,
+) -> None:
+    if ledger_path == "FILE":
+        (tmp_path / "plain-file").write_text("x")
+        ledger_path = str(tmp_path / "plain-file" / "ledgers")
+    conf = {"recipients": recipients_for(PHONES[:2]), "ledger_path": ledger_path}
+
+    result = run_dag(DAG_FILE, DAG_ID, conf=conf, env=sandbox.env())
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("failed", 1)  # retries=1, but no retry
+    assert [r for r in sandbox.requests if r.method == "POST"] == []
+    [(_, error)] = tries
+    assert type(error).__name__ == "AirflowFailException"
+    assert "Invalid ledger_path" in str(error) and why in str(error) and ledger_path in str(error)
+
+
+# -- m. personal data in the log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full_numbers", [False, True])
+def test_per_recipient_lines_mask_phones_and_read_the_switch_once(
+    run_dag: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    full_numbers: bool,
+) -> None:
+    from famulor_provider.campaign import runner
+
+    reads: list[bool] = []
+    switch = runner.full_phone_numbers_in_logs
+
+    def counted() -> bool:
+        reads.append(switch())
+        return reads[-1]
+
+    monkeypatch.setattr(runner, "full_phone_numbers_in_logs", counted)
+    sandbox.inject("invalid_phone", recipient_phone=PHONES[1])
+    env = {**sandbox.env(), "AIRFLOW__FAMULOR__LOG_FULL_PHONE_NUMBERS": str(full_numbers).lower()}
+    conf = {"recipients": recipients_for(PHONES[:6]), "ledger_path": str(tmp_path)}
+
+    with caplog.at_level("INFO"):
+        result = run_dag(DAG_FILE, DAG_ID, conf=conf, env=env)
+
+    assert result.ti("campaign").state == "success"
+    assert reads == [full_numbers]  # once per run, not once per line
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= 20 and r.name.startswith("famulor")]
+    shown = [phone for phone in PHONES[:6] if any(phone in line for line in lines)]
+    rejected = [line for line in lines if "rejected for good" in line]
+    if full_numbers:
+        assert shown == [PHONES[1]]  # only the rejection's line names a recipient
+        assert PHONES[1] in rejected[0]
+    else:
+        assert shown == []
+        assert "+14155****02" in rejected[0]
+    # Progress and summary lines carry counts only.
+    assert any(line.startswith("Campaign done: 6/6 recipients") for line in lines)
