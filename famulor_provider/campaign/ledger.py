@@ -13,7 +13,15 @@ Location
     a POSIX file system every worker sees (local disk on one machine; NFS, EFS or a shared volume
     otherwise): appending, ``fsync`` and ``flock`` are what make the ledger safe, and object
     stores (``s3://``, ``gs://`` ...) have none of them. The default is
-    ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+    ``$AIRFLOW_HOME/famulor/campaign-ledgers``. The file holds phone numbers: it is created
+    ``0600``, and the folders created for it ``0700``, whatever the umask.
+
+Two writers
+    ``flock`` keeps a second try out, where the file system carries it across hosts. Where it
+    does not (NFS with ``local_lock``/``nolock``, many FUSE and SMB volumes), the ledger's own
+    guard holds: before each ``attempt`` line a try checks that the file ends where its own last
+    write ended, and again after writing it; bytes it did not write stop its sends
+    (``FamulorLedgerConflictError``, naming the other try from its ``try`` line).
 
 Format (version 1)
     JSON Lines, UTF-8, append-only, one object per line, each with a ``type``:
