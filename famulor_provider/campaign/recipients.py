@@ -273,6 +273,7 @@ def _python_text_as_json(text: str) -> str:
     """
     pieces: list[str] = []
     last = ""
+    groups: list[list[int]] = []  # per open bracket: [its piece's index, commas inside]
     for match in _PYTHON_TOKEN.finditer(text):
         kind = match.lastgroup
         if kind is None:  # whitespace
@@ -287,11 +288,21 @@ def _python_text_as_json(text: str) -> str:
         elif kind == "name":
             token = _JSON_NAMES[token]
         elif kind == "open":
+            groups.append([len(pieces), 0])
             token = "{" if token == "{" else "["
         elif kind == "close":
-            if last == ",":  # a trailing comma: [1, 2,] or a one-tuple (x,)
-                pieces.pop()
-            token = "}" if token == "}" else "]"
+            if not groups:
+                raise ValueError(f"unbalanced {token!r} at character {match.start()}")
+            start, commas = groups.pop()
+            if match.group() == ")" and not commas and last != "[":
+                pieces[start] = ""  # (x) is x, not a tuple
+                token = ""
+            else:
+                if last == ",":  # a trailing comma: [1, 2,] or a one-tuple (x,)
+                    pieces.pop()
+                token = "}" if token == "}" else "]"
+        elif kind == "punct" and token == "," and groups:
+            groups[-1][1] += 1
         elif kind == "bad":
             raise ValueError(f"unexpected {token!r} at character {match.start()}")
         pieces.append(token)

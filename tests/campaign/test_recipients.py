@@ -73,6 +73,7 @@ def test_python_text_with_every_kind_of_literal_reads_as_ast_would():
     assert _parse_list_text(text) == json.loads(json.dumps(ast.literal_eval(text)))  # tuples as lists
     assert _parse_list_text("(  'a' ,  )") == ["a"]
     assert _parse_list_text("[1, 2,]") == [1, 2]
+    assert _parse_list_text("[(1), (2, 3), ()]") == [1, [2, 3], []]  # (x) is x, as in Python
 
 
 def test_python_text_of_a_list_costs_about_the_memory_of_its_json_text():
