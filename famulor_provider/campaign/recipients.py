@@ -62,8 +62,18 @@ def check_recipient(row: Any) -> tuple[dict[str, Any] | None, str | None]:
     if unknown:
         names = ", ".join(repr(key) for key in unknown)
         return None, f"unknown key(s) {names}; expected recipient_phone, recipient_name, variables"
+    raw_phone = row.get("recipient_phone")
     try:
-        phone = check_phone(row.get("recipient_phone"))
+        phone = check_phone(raw_phone)
+    except FamulorValidationError:
+        # The rows' errors reach the task's log: the number masked, the row number finds it.
+        from famulor_provider.privacy import mask_phone
+
+        shown = None if raw_phone is None else mask_phone(raw_phone)
+        return None, (
+            f"Invalid recipient_phone: expected an E.164 phone number such as +14155551234, got {shown!r}"
+        )
+    try:
         name = check_text(
             row.get("recipient_name"), "recipient_name", MAX_RECIPIENT_NAME_CHARS, required=False
         )

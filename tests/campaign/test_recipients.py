@@ -41,7 +41,7 @@ def test_a_list_of_mappings_is_checked_and_normalized():
     assert rows[0] == (1, recipient("+14155550001", "Ann", {"1": "A-1", "n": 2}), None)
     assert rows[1][:2] == (2, None)
     assert "E.164" in rows[1][2]
-    assert "'4155550002'" in rows[1][2]
+    assert "got '415555****02'" in rows[1][2]  # masked
     assert "unknown key(s) 'varibles'" in rows[2][2]
     assert "recipient_name" in rows[3][2]
     assert "255" in rows[3][2]
@@ -147,7 +147,7 @@ def test_csv_columns_become_variables_and_rows_are_numbered_from_the_first_data_
         None,
     )  # blank row skipped
     assert rows[3][:2] == (4, None)
-    assert "'12345'" in rows[3][2]
+    assert "got '****'" in rows[3][2] and "12345" not in rows[3][2]  # masked: the row number finds it
     assert rows[4] == (5, None, "has a value in a column with no header")
     assert rows[5] == (6, None, "has 7 cells, the header has 6 columns")
 
@@ -208,7 +208,7 @@ def test_fail_mode_names_the_first_20_invalid_rows_and_counts_the_rest(tmp_path)
     assert "40 of 60 rows" in message
     assert "nothing was sent" in message
     assert "row 3: Invalid recipient_phone" in message
-    assert "'bad-3'" in message
+    assert "row 3: Invalid recipient_phone: expected an E.164 phone number" in message
     assert "row 40:" in message  # the 20th invalid row
     assert "row 41:" not in message
     assert "and 20 more" in message
@@ -317,3 +317,17 @@ def test_100000_json_lines_are_planned_with_bounded_memory(tmp_path):
     assert planned < 100_000, planned  # the plan keeps no rows
     assert plan_peak / 10_000 < 300, plan_peak
     assert iter_peak / 10_000 < 300, iter_peak
+
+
+def test_an_invalid_phone_is_masked_in_the_row_errors():
+    plan = plan_recipients(
+        [
+            {"recipient_phone": "+49 151 2345 678x"},
+            {"recipient_phone": None},
+            {"recipient_phone": "+14155550001"},
+        ],
+        "skip",
+    )
+    text = plan.describe_invalid()
+    assert "row 1:" in text and "got '+49 15****8x'" in text and "2345" not in text
+    assert "row 2:" in text and "got None" in text

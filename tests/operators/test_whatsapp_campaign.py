@@ -187,7 +187,7 @@ def test_invalid_rows_fail_before_anything_is_sent(
     [(_, error)] = tries
     text = str(error)
     assert "2 of 5 rows" in text and "nothing was sent" in text
-    assert "row 2:" in text and "'12345'" in text
+    assert "row 2:" in text and "got '****'" in text and "12345" not in text  # masked
     assert "row 4:" in text and "'colour'" in text
     assert "invalid_recipients='skip'" in text
 
