@@ -5,7 +5,10 @@ Measures, on a generated JSON Lines file:
 - ``plan_recipients``: the check-and-deduplicate pass, then the sending pass over the file;
 - ``CampaignLedger``: the cost of one recipient's durable records (attempt + outcome, each
   fsynced) on the ledger folder's file system, and resuming a ledger that holds every recipient;
-- ``read_campaign_ledger``: the report reader on that ledger.
+- ``read_campaign_ledger``: the report reader on that ledger;
+- the recipients given as text: the JSON text of the list, and its Python text (what
+  ``{{ ti.xcom_pull(...) }}`` renders without ``render_template_as_native_obj``), against
+  ``ast.literal_eval`` of the same Python text (the baseline: how Python text was read before).
 
 Memory is Python's allocations (tracemalloc: retained after the step, and the step's peak); time
 is measured in separate runs without tracemalloc, which slows Python down.
@@ -16,6 +19,7 @@ Run: ``python benchmarks/campaign_memory.py [--recipients 100000] [--folder /mnt
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -121,6 +125,26 @@ def main() -> None:
         total, timing, retained, peak = measure(read_all)
         assert total == count
         print(f"read_campaign_ledger (iterated to the end): {timing}, peak {peak:.2f} MB")
+        rows = []
+        with open(source) as file:
+            rows = [json.loads(line) for line in file]
+        as_json, as_python = json.dumps(rows), str(rows)
+        del rows
+        print(f"the list as text: {len(as_json) / MB:.1f} MB of JSON, {len(as_python) / MB:.1f} MB of Python")
+        peaks = {}
+        for name, step in (
+            ("JSON text", lambda: plan_recipients(as_json)),
+            ("Python text", lambda: plan_recipients(as_python)),
+            ("ast.literal_eval of the Python text (baseline)", lambda: ast.literal_eval(as_python)),
+        ):
+            _, timing, retained, peak = measure(step)
+            peaks[name] = peak
+            print(f"recipients as {name}: {timing}, peak {peak:.0f} MB")
+        baseline = peaks["ast.literal_eval of the Python text (baseline)"]
+        print(
+            f"Python text peak: {peaks['Python text'] / peaks['JSON text']:.2f}x the JSON text's, "
+            f"{peaks['Python text'] / baseline:.2f}x ast.literal_eval's"
+        )
         print(f"process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)

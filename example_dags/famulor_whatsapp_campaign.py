@@ -5,19 +5,24 @@ Wait for a ready sender, pick the best one by capacity, then run the campaign: o
 send, sends at the account's limit (5/s by default) and records each send in a ledger file
 before and after its request. ``retries=2`` is safe: a retry (or a clear) reads the ledger and
 never sends to a recipient again who was sent, or whose answer was lost, unless told to. The
-report task reads that ledger and prints each recipient's outcome.
+report task reads that ledger and prints counts, and a few masked examples of what was not sent.
 
-Trigger with a conf such as::
+The recipients live in a file, and the run's conf names it::
 
     {"template_name": "order_update", "language": "en",
-     "recipients": [{"recipient_phone": "+14155550101", "recipient_name": "Ada",
-                     "variables": {"1": "A-1001"}}]}
+     "recipients": "s3://bucket/campaigns/march.csv"}
 
-``recipients`` may also be the path or URI of a CSV or JSON Lines file (``/data/list.csv``,
-``s3://bucket/list.jsonl`` with ``recipients_conn_id``). The ledger goes under
-``$AIRFLOW_HOME/famulor/campaign-ledgers``; with several workers, set ``ledger_path`` to a folder
-they all mount. Needs a Famulor connection ``famulor_default`` (or the local sandbox:
-``make demo``).
+A CSV (``recipient_phone``, ``recipient_name``, one column per template variable) or JSON Lines
+file, read through ``ObjectStoragePath`` (a local path, ``file://``, ``s3://`` ... with
+``recipients_conn_id``). A file, not a list in the conf: the scheduler reads a run's conf again
+and again for the whole run, so its CPU grows with an inline list (see the README), and a large
+list does not fit one argument of ``airflow dags trigger -c``; the file also keeps the phone
+numbers out of the run's conf and the task's rendered fields. A small list inline still works
+(``"recipients": [{"recipient_phone": "+14155550101", "variables": {"1": "A-1001"}}]``).
+
+The ledger goes under ``$AIRFLOW_HOME/famulor/campaign-ledgers``; with several workers, set
+``ledger_path`` to a folder they all mount. Needs a Famulor connection ``famulor_default`` (or the
+local sandbox: ``make demo``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, Sen
 from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
 
 LEDGER_PATH = None  # the default folder; a shared folder (path or file:// URI) with several workers
+# Three recipients that ship with the example; give your own file's path or URI in the conf.
+RECIPIENTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "campaign_recipients.csv")
 
 with DAG(
     dag_id="famulor_whatsapp_campaign",
@@ -42,11 +49,7 @@ with DAG(
     params={
         "template_name": "order_update",
         "language": "en",
-        "recipients": [
-            {"recipient_phone": "+14155550101", "recipient_name": "Ada", "variables": {"1": "A-1001"}},
-            {"recipient_phone": "+14155550102", "recipient_name": "Grace", "variables": {"1": "A-1002"}},
-            {"recipient_phone": "+442079460103", "recipient_name": "Alan", "variables": {"1": "A-1003"}},
-        ],
+        "recipients": RECIPIENTS_FILE,  # a path or URI (s3://... with recipients_conn_id)
     },
     tags=["famulor", "whatsapp", "example"],
 ) as dag:
@@ -84,32 +87,35 @@ with DAG(
 
     @task(trigger_rule="all_done")
     def report(ti: Any = None) -> dict[str, Any]:
-        """Print each recipient's outcome from the campaign's ledger; fail if any was not sent."""
-        from famulor_provider.campaign.ledger import ledger_file_path, read_campaign_ledger
+        """Print the campaign's counts from its ledger; fail if anyone was not sent for sure."""
+        from famulor_provider.campaign.ledger import ledger_file_path, read_campaign_ledger, summarize
+        from famulor_provider.privacy import full_phone_numbers_in_logs, mask_phone
 
         ledger = ledger_file_path(
             LEDGER_PATH, dag_id=ti.dag_id, run_id=ti.run_id, task_id="send_campaign", map_index=-1
         )
         if not os.path.exists(ledger):
             raise RuntimeError(f"No campaign ledger at {ledger}: nothing was sent (see send_campaign)")
-        outcomes: dict[str, list[str]] = {"sent": [], "refused": [], "unknown": []}
-        sent: dict[str, Any] = {}
-        for record in read_campaign_ledger(ledger):
-            phone, outcome = record["recipient_phone"], record["outcome"]
-            outcomes[outcome].append(phone)
-            if outcome == "sent":
-                sent[phone] = record["message_id"]
-                print(f"{phone}: sent, message {record['message_id']} ({record['attempts']} attempt(s))")
-            else:  # unknown: it may have been sent; check in Famulor before sending again
-                print(f"{phone}: {outcome} ({record.get('error_code') or record.get('error')})")
-        print(f"Ledger: {ledger}")
-        not_sent = outcomes["refused"] + outcomes["unknown"]
+        show = str if full_phone_numbers_in_logs() else mask_phone  # phone numbers are personal data
+        examples: list[str] = []  # a few of the recipients not sent for sure, not one line each
+
+        def keep(record: dict[str, Any]) -> dict[str, Any]:
+            if record["outcome"] in ("refused", "unknown") and len(examples) < 5:
+                why = record.get("error_code") or record.get("error")
+                examples.append(f"{show(record['recipient_phone'])}: {record['outcome']} ({why})")
+            return record
+
+        counts = summarize(keep(record) for record in read_campaign_ledger(ledger))
+        print(f"Campaign {counts}; ledger {ledger}")
+        not_sent = counts["refused"] + counts["unknown"]
         if not_sent:
+            # unknown: it may have been sent; check in Famulor before sending again.
             raise RuntimeError(
-                f"{len(not_sent)} recipient(s) not sent for sure: {outcomes['refused']} refused, "
-                f"{outcomes['unknown']} unknown (may have been sent). See {ledger}."
+                f"{not_sent} recipient(s) not sent for sure ({counts['refused']} refused, "
+                f"{counts['unknown']} unknown: they may have been sent), e.g. {'; '.join(examples)}. "
+                f"Every one is in {ledger}."
             )
-        return {"sent": sent, "ledger": ledger}
+        return {**counts, "ledger": ledger}
 
     wait_for_sender >> list_senders
     send_campaign >> report()

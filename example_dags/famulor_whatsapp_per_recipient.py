@@ -9,8 +9,10 @@ unknown"), so nobody gets a message twice.
 This pattern fits a few dozen recipients. Each one costs a task instance (about 0.45 CPU-seconds
 of Airflow, plus database rows and logs), tasks in separate processes are not paced against one
 another (parallelism buys answers 429, not speed), and a mapped task has at most
-``max_map_length`` (1,024) instances. For larger lists use ``SendWhatsAppCampaignOperator``
-(``famulor_whatsapp_campaign``): one task, paced at the account's limit, with a ledger.
+``[core] max_map_length`` (default 1,024) instances: the ``recipients`` task checks the list
+against it (read at run time) and fails naming the limit, before any send. For larger lists use
+``SendWhatsAppCampaignOperator`` (``famulor_whatsapp_campaign``): one task, paced at the
+account's limit, with a ledger.
 
 Trigger with a conf such as::
 
@@ -33,6 +35,29 @@ from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
 from famulor_provider.validation import normalize_phone
 
 RECIPIENT_KEYS = ("recipient_phone", "recipient_name", "variables")
+REPORT_EXAMPLES = 5  # the report names a few recipients without a message id, not all of them
+
+
+def check_map_length(count: int) -> None:
+    """Fail where the list is produced when it has more entries than a mapped task may have.
+
+    Airflow's own check fires later, as "pushed value is too large to map", naming neither the
+    limit nor the way out.
+
+    :param count: the recipients to map over.
+    """
+    from airflow.providers.common.compat.sdk import conf
+
+    limit = conf.getint("core", "max_map_length", fallback=1024)
+    if count > limit:
+        raise ValueError(
+            f"{count} recipients, but a mapped task may have at most {limit} instances "
+            f"([core] max_map_length = {limit}). Send a list this large with one "
+            "SendWhatsAppCampaignOperator task (example DAG famulor_whatsapp_campaign): paced, "
+            "with a ledger, up to 100,000 recipients; raising max_map_length only buys more task "
+            "instances, each about 0.45 CPU-seconds of Airflow."
+        )
+
 
 with DAG(
     dag_id="famulor_whatsapp_per_recipient",
@@ -77,14 +102,14 @@ with DAG(
     def recipients(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """One kwargs dict per recipient; a phone listed twice is messaged once."""
         seen: set[str] = set()
-        kwargs = []
+        kwargs: list[dict[str, Any]] = []
         for recipient in (params or {})["recipients"]:
             phone = normalize_phone(str(recipient["recipient_phone"]))
             if phone in seen:
-                print(f"Skipping {phone}: listed more than once")
                 continue
             seen.add(phone)
             kwargs.append({key: recipient[key] for key in RECIPIENT_KEYS if recipient.get(key) is not None})
+        check_map_length(len(kwargs))
         return kwargs
 
     @task
@@ -107,19 +132,24 @@ with DAG(
     ).expand_kwargs(recipients())
 
     @task(trigger_rule="all_done")
-    def report(messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Print who got which message id; fail if any recipient has none (see its send task)."""
-        sent = {m["recipient_phone"]: m["message_id"] for m in messages}
+    def report(messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, int]:
+        """Print how many recipients got a message id; fail naming a few that did not."""
+        from famulor_provider.privacy import full_phone_numbers_in_logs, mask_phone
+
+        sent = {m["recipient_phone"] for m in messages or []}
         wanted = {normalize_phone(str(r["recipient_phone"])) for r in (params or {})["recipients"]}
-        for phone in sorted(wanted):
-            if phone in sent:
-                print(f"{phone}: message {sent[phone]}")
-            else:  # a "delivery unknown" failure may still have sent it: its task log says how to check
-                print(f"{phone}: no message id, see its send_template task")
-        missing = sorted(wanted - set(sent))
+        missing = sorted(wanted - sent)
+        print(f"{len(wanted) - len(missing)} of {len(wanted)} recipient(s) got a message id")
         if missing:
-            raise RuntimeError(f"{len(missing)} of {len(wanted)} recipient(s) got no message id: {missing}")
-        return {"sent": sent}
+            show = str if full_phone_numbers_in_logs() else mask_phone  # phone numbers are personal data
+            examples = ", ".join(show(phone) for phone in missing[:REPORT_EXAMPLES])
+            more = f" and {len(missing) - REPORT_EXAMPLES} more" if len(missing) > REPORT_EXAMPLES else ""
+            # A "delivery unknown" failure may still have sent it: its task log says how to check.
+            raise RuntimeError(
+                f"{len(missing)} of {len(wanted)} recipient(s) got no message id: {examples}{more}. "
+                "See their send_template tasks (or the recipients task, if none ran)."
+            )
+        return {"recipients": len(wanted), "sent": len(wanted)}
 
     wait_for_sender >> list_senders
     report(send_template.output)

@@ -153,6 +153,11 @@ class FamulorLedgerMissingError(FamulorError):
     """
 
 
+class FamulorLedgerConflictError(FamulorError):
+    """Another process wrote to a campaign's ledger while this try held it (a lock that does not
+    hold across hosts): this try sends nothing more; a later try resumes from the ledger."""
+
+
 # -- errors carried in trigger events --------------------------------------------------------------
 
 EVENT_FIELDS = ("status_code", "error_code", "field", "request_sent")

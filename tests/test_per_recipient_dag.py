@@ -6,6 +6,7 @@ task without retry, and everything else is sent. The template's name is resolved
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -134,7 +135,48 @@ def test_campaign_all_sent(run_dag: Callable[..., Any], sandbox: FamulorSandbox)
     result = run_dag(DAG_FILE, DAG_ID, env=sandbox.env())
     assert result.state == "success"
     assert result.xcom("pick_sender") == 15
-    report = result.xcom("report")["sent"]
-    assert report == {row["recipient_phone"]: row["message_id"] for row in sandbox.ledger}
-    assert len(report) == 3
+    assert result.xcom("report") == {"recipients": 3, "sent": 3}  # counts, not phone numbers
+    assert len(sandbox.ledger) == 3
     assert len(template_lookups(sandbox)) == 1
+
+
+def example_module() -> Any:
+    spec = importlib.util.spec_from_file_location("per_recipient_example", DAG_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_list_past_max_map_length_fails_where_it_is_produced(
+    run_dag: Callable[..., Any], sandbox: FamulorSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipients = [{"recipient_phone": f"+1415555{n:04d}"} for n in range(5)]
+    env = {**sandbox.env(), "AIRFLOW__CORE__MAX_MAP_LENGTH": "4"}  # read at run time
+
+    result = run_dag(
+        DAG_FILE,
+        DAG_ID,
+        conf={"template_name": "order_update", "language": "en", "recipients": recipients},
+        env=env,
+    )
+
+    assert result.ti("recipients").state == "failed"
+    assert result.mapped("send_template") == [] or all(
+        ti.state != "success" for ti in result.mapped("send_template")
+    )
+    assert [r for r in sandbox.requests if r.method == "POST"] == []
+    assert result.ti("report").state == "failed" and result.state == "failed"
+
+    # The message names the limit, the setting and the way out.
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "4")
+    check_map_length = example_module().check_map_length
+    check_map_length(4)
+    with pytest.raises(ValueError, match=r"5 recipients, but a mapped task may have at most 4") as err:
+        check_map_length(5)
+    assert "[core] max_map_length = 4" in str(err.value)
+    assert "SendWhatsAppCampaignOperator" in str(err.value)
+    monkeypatch.delenv("AIRFLOW__CORE__MAX_MAP_LENGTH")
+    check_map_length(1024)
+    with pytest.raises(ValueError, match="at most 1024 instances"):
+        check_map_length(1100)

@@ -13,7 +13,15 @@ Location
     a POSIX file system every worker sees (local disk on one machine; NFS, EFS or a shared volume
     otherwise): appending, ``fsync`` and ``flock`` are what make the ledger safe, and object
     stores (``s3://``, ``gs://`` ...) have none of them. The default is
-    ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+    ``$AIRFLOW_HOME/famulor/campaign-ledgers``. The file holds phone numbers: it is created
+    ``0600``, and the folders created for it ``0700``, whatever the umask.
+
+Two writers
+    ``flock`` keeps a second try out, where the file system carries it across hosts. Where it
+    does not (NFS with ``local_lock``/``nolock``, many FUSE and SMB volumes), the ledger's own
+    guard holds: before each ``attempt`` line a try checks that the file ends where its own last
+    write ended, and again after writing it; bytes it did not write stop its sends
+    (``FamulorLedgerConflictError``, naming the other try from its ``try`` line).
 
 Format (version 1)
     JSON Lines, UTF-8, append-only, one object per line, each with a ``type``:
@@ -27,7 +35,9 @@ Format (version 1)
       (E.164), ``at``.
     - ``outcome``, written and fsynced after it: ``recipient_phone``, ``outcome`` (``sent``: the
       API accepted it; ``refused``: the API refused it and nothing was sent, so a later try
-      sends it again; ``unknown``: it may have been sent, e.g. a lost answer), and when known
+      sends it again; ``rejected``: the API refused this recipient for good (``INVALID_PHONE``
+      ...), nothing was sent and no later try sends it; ``unknown``: it may have been sent, e.g.
+      a lost answer), and when known
       ``message_id``, ``status``, ``error_code``, ``error`` (at most 300 characters), ``at``.
 
     Times are UTC ISO 8601 (``2025-01-31T09:15:02.123+00:00``). An ``attempt`` with no later
@@ -43,6 +53,7 @@ Reading it
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -53,7 +64,12 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from famulor_provider.exceptions import FamulorError, FamulorLedgerMissingError, FamulorValidationError
+from famulor_provider.exceptions import (
+    FamulorError,
+    FamulorLedgerConflictError,
+    FamulorLedgerMissingError,
+    FamulorValidationError,
+)
 from famulor_provider.validation import is_blank
 
 if TYPE_CHECKING:
@@ -63,11 +79,12 @@ if TYPE_CHECKING:
 LEDGER_FORMAT_VERSION = 1
 SENT = "sent"
 REFUSED = "refused"
+REJECTED = "rejected"
 UNKNOWN = "unknown"
 IN_FLIGHT = "in_flight"
-OUTCOMES = (SENT, REFUSED, UNKNOWN)
+OUTCOMES = (SENT, REFUSED, REJECTED, UNKNOWN)
 """The values of an ``outcome`` line."""
-STATES = (SENT, REFUSED, UNKNOWN, IN_FLIGHT)
+STATES = (SENT, REFUSED, REJECTED, UNKNOWN, IN_FLIGHT)
 """The values of :attr:`CampaignLedger.state`: an outcome, or ``in_flight`` (attempt, no outcome)."""
 MAX_ERROR_CHARS = 300
 
@@ -160,15 +177,15 @@ def ledger_file_path(
 def decide(state: str | None, resend_unknown: bool) -> bool:
     """Whether a recipient may be sent, given its ledger state.
 
-    ``sent``: never. ``unknown``/``in_flight`` (it may have been sent): only with
-    ``resend_unknown``. ``refused`` (nothing was sent) or no state: yes.
+    ``sent`` or ``rejected`` (refused for good): never. ``unknown``/``in_flight`` (it may have
+    been sent): only with ``resend_unknown``. ``refused`` (nothing was sent) or no state: yes.
 
     :param state: the recipient's entry in :attr:`CampaignLedger.state`, or ``None``.
     :param resend_unknown: whether to send again when an earlier send's outcome is unknown.
     """
     if state is None or state == REFUSED:
         return True
-    if state == SENT:
+    if state in (SENT, REJECTED):
         return False
     return resend_unknown
 
@@ -190,6 +207,53 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# errno values that say ledger_path cannot hold a ledger at all: a retry would fail the same way.
+_BAD_PATH_ERRNOS = {
+    errno.ENOENT: "a parent folder cannot be created there (a virtual file system such as /proc?)",
+    errno.ENOTDIR: "a part of it is a file, not a folder",
+    errno.EISDIR: "the ledger file's name is taken by a folder",
+    errno.EACCES: "permission denied for the worker's user",
+    errno.EPERM: "permission denied for the worker's user",
+    errno.EROFS: "the file system is read-only",
+    errno.ELOOP: "too many symbolic links",
+    errno.ENAMETOOLONG: "a name is too long for the file system",
+    errno.EINVAL: "the file system refuses the name",
+}
+
+
+def _bad_path(ledger_path: Any, path: str, err: OSError) -> FamulorError:
+    """The error for a ledger file that cannot be created or opened at ``path``."""
+    why = _BAD_PATH_ERRNOS.get(err.errno or 0)
+    if why is None:  # e.g. no space left, an I/O error: a later try may succeed
+        return FamulorError(f"Cannot open the campaign ledger {path} (ledger_path={ledger_path!r}): {err}")
+    return FamulorValidationError(
+        "ledger_path",
+        f"{ledger_path!r} cannot hold the campaign ledger {path}: {why} ({err.strerror}: "
+        f"{err.filename!r}). Give ledger_path a folder the worker can create files in, on storage "
+        "every worker sees. Nothing was sent.",
+    )
+
+
+def _make_private_dirs(folder: str) -> None:
+    """Create ``folder`` and its missing parents ``0700`` whatever the umask; leave existing ones."""
+    missing: list[str] = []
+    current = folder
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory) from None
+            continue  # another process created it: not ours to change
+        os.chmod(directory, 0o700)
+
+
 class CampaignLedger:
     """The open, locked send ledger of one campaign task instance. Build it with :meth:`open`.
 
@@ -204,6 +268,8 @@ class CampaignLedger:
         self._counts = dict.fromkeys(STATES, 0)
         self._needs_newline = False
         self._failed: str | None = None
+        self._end: int | None = None  # the file's size after this try's last write
+        self._foreign_at: int | None = None  # where bytes this try did not write were found
         self.header: dict[str, Any] | None = None
         """The ``campaign`` line."""
         self.tries = 0
@@ -223,10 +289,13 @@ class CampaignLedger:
         try_number: int,
         sender_id: int | None = None,
         template_id: int | None = None,
-        missing_ok: bool = False,
+        allow_new_ledger: bool = False,
         lock_timeout: float = 5.0,
     ) -> CampaignLedger:
         """Open (or create) a task instance's ledger, lock it, read it and append a ``try`` line.
+
+        A new file is created ``0600`` and the folders it needs ``0700``, whatever the umask: the
+        ledger holds phone numbers.
 
         :param ledger_path: the folder, a path or ``file://`` URI; ``None`` for the default.
         :param dag_id: from ``context["ti"]``.
@@ -236,30 +305,37 @@ class CampaignLedger:
         :param try_number: this try; a try after the first requires the ledger to exist already.
         :param sender_id: the campaign's sender, written to the header and the ``try`` line.
         :param template_id: the campaign's template, written to the header and the ``try`` line.
-        :param missing_ok: create a missing ledger even when ``try_number > 1`` (only when no
-            earlier try can have sent anything, e.g. they all failed before the ledger step).
+        :param allow_new_ledger: create a missing ledger even when ``try_number > 1`` (only when
+            no earlier try can have sent anything, e.g. they all failed before the ledger step).
         :param lock_timeout: seconds to wait for another process to release the ledger.
         :raises FamulorLedgerMissingError: a later try found no ledger.
+        :raises FamulorValidationError: ``ledger_path`` cannot hold a ledger (a retry cannot fix it).
         :raises FamulorError: another process holds the ledger, or it belongs to another task.
         """
         path = ledger_file_path(
             ledger_path, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index
         )
-        if try_number > 1 and not missing_ok and not os.path.exists(path):
+        if try_number > 1 and not allow_new_ledger and not os.path.exists(path):
             raise FamulorLedgerMissingError(
                 f"Try {try_number} found no campaign ledger at {path}, but an earlier try must have "
                 "created it, so recipients it sent cannot be told apart and nothing is sent. Put "
                 "ledger_path on storage every worker sees at the same path (NFS, EFS, a shared "
                 "volume; local disk only with a single worker). If no earlier try reached the "
-                "sending step, this try may create a new ledger (missing_ok)."
+                "sending step (a template error, a pod that never started), set "
+                "allow_new_ledger=True and clear the task: this try may then create a new ledger."
             )
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _make_private_dirs(folder)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise _bad_path(ledger_path, path, err) from err
         try:
             _lock(fd, path, lock_timeout)
             ledger = cls(path, fd)
             ledger._load()
+            if ledger.header is None:
+                os.fchmod(fd, 0o600)  # a new file: 0600 whatever the umask
             identity = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
             if ledger.header is None:
                 header = {"type": "campaign", "format": LEDGER_FORMAT_VERSION, **identity}
@@ -328,7 +404,8 @@ class CampaignLedger:
 
     @property
     def state(self) -> Mapping[str, str]:
-        """Each recipient phone's last state: ``sent``, ``refused``, ``unknown`` or ``in_flight``.
+        """Each recipient phone's last state: ``sent``, ``refused``, ``rejected``, ``unknown`` or
+        ``in_flight``.
 
         ``in_flight`` read from the file means an earlier try stopped mid-send: treat it as unknown.
         """
@@ -343,7 +420,8 @@ class CampaignLedger:
         return decide(self._state.get(phone), resend_unknown)
 
     def counts(self) -> dict[str, int]:
-        """How many recipients are in each state (``sent``, ``refused``, ``unknown``, ``in_flight``)."""
+        """How many recipients are in each state (``sent``, ``refused``, ``rejected``, ``unknown``,
+        ``in_flight``)."""
         return dict(self._counts)
 
     # -- writing --------------------------------------------------------------------------------
@@ -351,15 +429,50 @@ class CampaignLedger:
     def record_attempt(self, phone: str) -> None:
         """Durably record that ``phone`` is about to be sent. Call it before the send request.
 
+        First checks that nobody else wrote to the file since this try's last write (the file's
+        size against where that write ended): the ``flock`` does not hold across hosts on every
+        shared file system, and a second try writing here may be sending too.
+
         :param phone: the normalized phone (E.164), the same string every try.
-        :raises FamulorError: the phone was already sent, or the ledger cannot be written.
+        :raises FamulorLedgerConflictError: another process wrote to the ledger during this try.
+        :raises FamulorError: the phone was already sent or rejected, or the ledger cannot be written.
         """
-        if self._state.get(phone) == SENT:
+        state = self._state.get(phone)
+        if state in (SENT, REJECTED):
             raise FamulorError(
-                f"{phone} was already sent according to the ledger {self.path}; not sending again"
+                f"{phone} was already {state} according to the ledger {self.path}; not sending again"
             )
+        unchecked = self._foreign_at is None and self._fd is not None and self._end is not None
+        if unchecked and os.fstat(self._fd).st_size != self._end:  # type: ignore[arg-type]
+            self._foreign_at = self._end
+        if self._foreign_at is not None:
+            raise self._conflict()
         self._append({"type": "attempt", "recipient_phone": phone, "at": _now()})
         self._set(phone, IN_FLIGHT)
+        if self._foreign_at is not None:
+            # Someone wrote between the check and this line: do not send it after all.
+            self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
+            raise self._conflict()
+
+    def _conflict(self) -> FamulorLedgerConflictError:
+        """The error for bytes this try did not write, found after offset ``_foreign_at``."""
+        other = "another process"
+        with open(self.path, "rb") as file:
+            file.seek(self._foreign_at or 0)
+            for line in file.read(1 << 20).splitlines():
+                event = _parse(line)
+                if event is not None and event.get("type") == "try":
+                    other = (
+                        f"try {event.get('try_number')} on host {event.get('hostname')} "
+                        f"(pid {event.get('pid')})"
+                    )
+                    break
+        return FamulorLedgerConflictError(
+            f"Another writer appended to the campaign ledger {self.path} during this try: {other}. "
+            "Two tries may be sending at once (the file lock does not hold across hosts on this "
+            "file system), so this try sends nothing more. A later try resumes from the ledger "
+            "once the other one has ended."
+        )
 
     def record_outcome(
         self,
@@ -374,7 +487,9 @@ class CampaignLedger:
         """Durably record how a send ended.
 
         :param phone: the normalized phone (E.164).
-        :param outcome: ``sent``, ``refused`` (nothing was sent) or ``unknown`` (it may have been).
+        :param outcome: ``sent``, ``refused`` (nothing was sent, a later try may send it),
+            ``rejected`` (nothing was sent, and no try ever sends it) or ``unknown`` (it may have
+            been sent).
         :param message_id: the API's ``message_id``, when sent.
         :param status: the API's ``status`` (``queued``, ``sent``), when sent.
         :param error_code: the API's ``error_code``, when it gave one.
@@ -413,6 +528,9 @@ class CampaignLedger:
                 written = os.write(self._fd, view)
                 view = view[written:]
             os.fsync(self._fd)
+            previous, self._end = self._end, os.lseek(self._fd, 0, os.SEEK_CUR)
+            if previous is not None and self._end != previous + len(data) and self._foreign_at is None:
+                self._foreign_at = previous  # someone else wrote before or during this write
         except OSError as err:
             self._failed = str(err)
             raise FamulorError(f"Cannot write the campaign ledger {self.path}: {err}") from err
@@ -497,9 +615,10 @@ _RECORD_FIELDS = ("outcome", "attempts", "message_id", "status", "error_code", "
 def read_campaign_ledger(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """One final record per recipient, in the order of their first attempt.
 
-    Each record: ``recipient_phone``, ``outcome`` (``sent``, ``refused`` or ``unknown``; an attempt
-    with no outcome is ``unknown``), ``attempts`` (send attempts over every try), and from the last
-    outcome ``message_id``, ``status``, ``error_code``, ``error``, plus ``at`` (the last line's time).
+    Each record: ``recipient_phone``, ``outcome`` (``sent``, ``refused``, ``rejected`` or
+    ``unknown``; an attempt with no outcome is ``unknown``), ``attempts`` (send attempts over every
+    try), and from the last outcome ``message_id``, ``status``, ``error_code``, ``error``, plus
+    ``at`` (the last line's time).
     The file is read whole before the first record is yielded, keeping about 350 bytes per
     recipient; the records are built one at a time.
 
@@ -533,11 +652,12 @@ def read_campaign_ledger(path: str | os.PathLike[str]) -> Iterator[dict[str, Any
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Counts of final records: ``recipients``, ``sent``, ``refused``, ``unknown``, ``attempts``.
+    """Counts of final records: ``recipients``, ``sent``, ``refused``, ``rejected``, ``unknown``,
+    ``attempts``.
 
     :param records: what :func:`read_campaign_ledger` returned.
     """
-    summary = {"recipients": 0, SENT: 0, REFUSED: 0, UNKNOWN: 0, "attempts": 0}
+    summary = {"recipients": 0, SENT: 0, REFUSED: 0, REJECTED: 0, UNKNOWN: 0, "attempts": 0}
     for record in records:
         summary["recipients"] += 1
         summary[record["outcome"] if record["outcome"] in OUTCOMES else UNKNOWN] += 1

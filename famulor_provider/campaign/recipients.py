@@ -5,8 +5,9 @@ A source is one of:
 
 - a list (or any iterable) of mappings with ``recipient_phone``, optional ``recipient_name``
   and optional ``variables`` (``{"1": "A-1234"}`` or named keys); an upstream task's output works;
-- the JSON text of such a list (a template may render an upstream value as text; Python's
-  ``repr`` of a list is accepted too);
+- the JSON text of such a list, or its Python text (what ``{{ ti.xcom_pull(...) }}`` renders
+  without ``render_template_as_native_obj``), turned into JSON text token by token and read by
+  ``json``: about the memory of the JSON text, not the ~10 KB per row of ``ast.literal_eval``;
 - the path or URI of a ``.csv``, ``.jsonl`` or ``.ndjson`` file, read through Airflow's
   ``ObjectStoragePath`` (a local path, ``file://``, ``s3://`` ... with ``conn_id``), line by line.
 
@@ -26,6 +27,7 @@ import ast
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -60,8 +62,18 @@ def check_recipient(row: Any) -> tuple[dict[str, Any] | None, str | None]:
     if unknown:
         names = ", ".join(repr(key) for key in unknown)
         return None, f"unknown key(s) {names}; expected recipient_phone, recipient_name, variables"
+    raw_phone = row.get("recipient_phone")
     try:
-        phone = check_phone(row.get("recipient_phone"))
+        phone = check_phone(raw_phone)
+    except FamulorValidationError:
+        # The rows' errors reach the task's log: the number masked, the row number finds it.
+        from famulor_provider.privacy import mask_phone
+
+        shown = None if raw_phone is None else mask_phone(raw_phone)
+        return None, (
+            f"Invalid recipient_phone: expected an E.164 phone number such as +14155551234, got {shown!r}"
+        )
+    try:
         name = check_text(
             row.get("recipient_name"), "recipient_name", MAX_RECIPIENT_NAME_CHARS, required=False
         )
@@ -242,19 +254,87 @@ def _resolve(source: Any, conn_id: str | None) -> tuple[str, Any]:
     )
 
 
+# One token of Python's literal text of a list: a string (no bytes, no triple quotes), a number,
+# True/False/None, punctuation, or anything else (refused).
+_PYTHON_TOKEN = re.compile(
+    r"""\s+
+    |(?P<string>[uU]?(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"))
+    |(?P<number>-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    |(?P<name>True|False|None)\b
+    |(?P<open>[\[({])
+    |(?P<close>[\])}])
+    |(?P<punct>[,:])
+    |(?P<bad>.)""",
+    re.VERBOSE | re.DOTALL,
+)
+_JSON_NAMES = {"True": "true", "False": "false", "None": "null"}
+_NATIVE_WAYS = (
+    "pass the list natively: set render_template_as_native_obj=True on the DAG, or pass the "
+    "upstream task's output (task.output / an XComArg) as recipients instead of a template; or "
+    "write the recipients to a .jsonl/.csv file and pass its path"
+)
+
+
+def _python_text_as_json(text: str) -> str:
+    """Python's literal text of a list (``repr``) as JSON text, without building an AST.
+
+    ``ast.literal_eval`` keeps a syntax tree of the whole text (about 10 KB per recipient row);
+    this keeps the text, its JSON twin and one token at a time.
+    """
+    pieces: list[str] = []
+    last = ""
+    groups: list[list[int]] = []  # per open bracket: [its piece's index, commas inside]
+    for match in _PYTHON_TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind is None:  # whitespace
+            continue
+        token = match.group()
+        if kind == "string":
+            body = token[2:-1] if token[0] in "uU" else token[1:-1]
+            if "\\" in body or '"' in body:
+                token = json.dumps(ast.literal_eval(token), ensure_ascii=False)
+            else:
+                token = f'"{body}"'
+        elif kind == "name":
+            token = _JSON_NAMES[token]
+        elif kind == "open":
+            groups.append([len(pieces), 0])
+            token = "{" if token == "{" else "["
+        elif kind == "close":
+            if not groups:
+                raise ValueError(f"unbalanced {token!r} at character {match.start()}")
+            start, commas = groups.pop()
+            if match.group() == ")" and not commas and last != "[":
+                pieces[start] = ""  # (x) is x, not a tuple
+                token = ""
+            else:
+                if last == ",":  # a trailing comma: [1, 2,] or a one-tuple (x,)
+                    pieces.pop()
+                token = "}" if token == "}" else "]"
+        elif kind == "punct" and token == "," and groups:
+            groups[-1][1] += 1
+        elif kind == "bad":
+            raise ValueError(f"unexpected {token!r} at character {match.start()}")
+        pieces.append(token)
+        last = token
+    return "".join(pieces)
+
+
 def _parse_list_text(text: str) -> list[Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        try:  # Python's repr, as a template renders a list
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        try:  # Python's text of a list, as a template renders it
+            value = json.loads(_python_text_as_json(text), strict=False)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
             raise FamulorValidationError(
-                _FIELD, "is neither a list's JSON text nor a .csv/.jsonl path"
+                _FIELD,
+                f"is text that is neither a list's JSON nor its Python literal ({err}), nor a "
+                f".csv/.jsonl path. Better, {_NATIVE_WAYS}",
             ) from None
     if not isinstance(value, (list, tuple)):
         raise FamulorValidationError(_FIELD, f"expected a list of recipients, got {type(value).__name__}")
-    return list(value)
+    return value if isinstance(value, list) else list(value)
 
 
 def _file(location: Any, conn_id: str | None) -> tuple[str, Any]:

@@ -2,22 +2,30 @@
 
 The main thread decides, paces and writes the ledger (an ``attempt`` line before each POST, an
 ``outcome`` line after); a few worker threads only wait for the API's answers, so a slow answer
-does not slow the pace. A 429 holds every sender of the campaign for the API's ``Retry-After``
-and the recipient is sent again (nothing was sent); ``SENDER_OFFLINE`` pauses the campaign and
-re-checks the sender until ``offline_timeout``; a refusal of one recipient is recorded and the
-campaign goes on; an error that concerns every recipient (balance, key, template) stops it.
+does not slow the pace. A 429 holds every send of the campaign until ``Retry-After`` (at most
+60 s) after that 429 arrived, and the recipient is sent again (nothing was sent); holds that
+overlap end at the latest of their ends, never at their sum. ``SENDER_OFFLINE`` pauses the
+campaign and re-checks the sender until ``offline_timeout``; a refusal of one recipient is
+recorded and the campaign goes on (``rejected`` when no retry can change it, see
+:data:`REJECTION_CODES`; ``refused`` otherwise, and a later try sends it again); an error that
+concerns every recipient (balance, key, template) stops it.
+
+Per-recipient log lines show phone numbers as :func:`famulor_provider.privacy.phone_for_log`
+does (the switch is read once per run); the hook's two INFO lines per send are shown at DEBUG
+only, so a campaign's log holds counts, not numbers.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from famulor_provider.campaign.ledger import REFUSED, SENT, UNKNOWN
+from famulor_provider.campaign.ledger import REFUSED, REJECTED, SENT, UNKNOWN
 from famulor_provider.exceptions import (
     FamulorAuthError,
     FamulorConnectionError,
@@ -30,10 +38,11 @@ from famulor_provider.exceptions import (
     FamulorValidationError,
 )
 from famulor_provider.pacing import SendPacer, send_interval
+from famulor_provider.privacy import full_phone_numbers_in_logs, mask_phone
 from famulor_provider.transport import POOL_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from famulor_provider.campaign.ledger import CampaignLedger
     from famulor_provider.hooks.famulor import FamulorHook
@@ -44,8 +53,45 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 30.0  # seconds between progress lines
 OFFLINE_RECHECK = 60.0  # seconds between sender checks while it is offline
 CONNECT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)  # waits after "could not connect" before giving up
+MAX_HOLD = 60.0  # a 429's Retry-After is honoured up to this many seconds, as in the hook
+DEFAULT_HOLD = 1.0  # a 429 without Retry-After holds this long
+THREAD_PREFIX = "famulor-campaign"
+HOOK_LOGGER = "famulor_provider.hooks.famulor"
+# The API's error codes that refuse one recipient for good: a retry sends the same number to the
+# same API and gets the same answer, so the recipient is recorded ``rejected`` and never sent again.
+REJECTION_CODES = frozenset(
+    {
+        "INVALID_PHONE",  # the number is not a valid phone number
+        "TWILIO_ERROR_21211",  # invalid 'To' phone number
+        "TWILIO_ERROR_21614",  # 'To' is not a valid mobile number
+        "TWILIO_ERROR_21610",  # the recipient opted out (STOP) of this sender
+        "TWILIO_ERROR_63024",  # not a valid WhatsApp user (no WhatsApp on that number)
+    }
+)
 # Errors that concern every recipient: sending on would only repeat them.
 STOPPING_ERRORS = (FamulorInsufficientBalanceError, FamulorAuthError, FamulorTemplateError)
+
+
+class PerSendLinesAtDebug(logging.Filter):
+    """Show the hook's INFO lines from the campaign's send threads at DEBUG only.
+
+    The hook logs each send (two lines, with the recipient); in a campaign of 100,000 that is
+    200,000 lines of personal data. The campaign logs counts instead, and a line per refusal.
+
+    :param logger: the hook's logger, to tell whether DEBUG is on.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not threading.current_thread().name.startswith(THREAD_PREFIX):
+            return True
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 class CampaignStopped(FamulorError):
@@ -105,6 +151,8 @@ class CampaignRunner:
         self.window = self.window_sends / settings.max_sends_per_second
         self.answered: deque[list[float | None]] = deque(maxlen=self.window_sends)
         self.workers = max(2, min(POOL_SIZE, round(settings.max_sends_per_second)))
+        self.hold_until = 0.0  # no send before this time (429 holds)
+        self.phone_for_log: Callable[[Any], str] = mask_phone
         self.outcomes: Counter[str] = Counter()  # this try's final outcomes
         self.skipped: Counter[str] = Counter()  # recipients an earlier try settled, by state
         self.rate_limited = 0  # answers 429
@@ -122,10 +170,27 @@ class CampaignRunner:
         """
         self.total, self.started = total, self.clock()
         self.last_progress = self.started
-        in_flight: dict[Future[Any], tuple[Mapping[str, Any], int]] = {}
+        # Read once per run, not once per line.
+        self.phone_for_log = str if full_phone_numbers_in_logs() else mask_phone
+        in_flight: dict[Future[Any], tuple[Mapping[str, Any], int, list[float | None]]] = {}
         again: deque[Mapping[str, Any]] = deque()
         source = iter(recipients)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="famulor-campaign") as pool:
+        hook_log = logging.getLogger(HOOK_LOGGER)
+        hook_filter = PerSendLinesAtDebug(hook_log)
+        hook_log.addFilter(hook_filter)
+        try:
+            self._loop(in_flight, again, source)
+        finally:
+            hook_log.removeFilter(hook_filter)
+        self._progress(final=True)
+
+    def _loop(
+        self,
+        in_flight: dict[Future[Any], tuple[Mapping[str, Any], int, list[float | None]]],
+        again: deque[Mapping[str, Any]],
+        source: Iterator[Mapping[str, Any]],
+    ) -> None:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=THREAD_PREFIX) as pool:
             try:
                 while True:
                     recipient = again.popleft() if again else next(source, None)
@@ -141,6 +206,7 @@ class CampaignRunner:
                     while len(in_flight) >= self.workers:
                         self._collect(in_flight, again, block=True)
                     self._wait_for_window()
+                    self._wait_for_hold()
                     self.pacer.wait("campaign", self.sleep)
                     # Answers that came while waiting may stop, pause or hold the campaign (402,
                     # SENDER_OFFLINE, 429): learn them before this send, not after it.
@@ -153,7 +219,7 @@ class CampaignRunner:
                     answered: list[float | None] = [None]
                     self.answered.append(answered)
                     future = pool.submit(self._send, recipient, answered)
-                    in_flight[future] = (recipient, self.generation)
+                    in_flight[future] = (recipient, self.generation, answered)
                     self._collect(in_flight, again, block=False)
             except BaseException:
                 # Stop sending, but record what the requests in flight did before leaving.
@@ -161,7 +227,6 @@ class CampaignRunner:
                     future.cancel()
                 self._collect(in_flight, again, block=True, draining=True)
                 raise
-        self._progress(final=True)
 
     def _send(self, recipient: Mapping[str, Any], answered: list[float | None]) -> WhatsAppMessage:
         try:
@@ -190,9 +255,25 @@ class CampaignRunner:
             if delay > 0:
                 self.sleep(delay)
 
+    def _wait_for_hold(self) -> None:
+        """Send nothing before the latest end of the 429 holds."""
+        delay = self.hold_until - self.clock()
+        if delay > 0:
+            self.sleep(delay)
+            # Start the schedule anew at the hold's end: no catch-up burst for the slots it took.
+            self.pacer = SendPacer(self.pacer.interval, clock=self.clock, catch_up=self.pacer.catch_up)
+
+    def _hold(self, error: FamulorRateLimitError, arrived: float | None) -> None:
+        """Hold every send until ``Retry-After`` (capped) after this 429 arrived; holds overlap."""
+        seconds = min(MAX_HOLD, error.retry_after if error.retry_after is not None else DEFAULT_HOLD)
+        end = (self.clock() if arrived is None else arrived) + seconds
+        if end > self.hold_until:
+            self.hold_until = end
+            log.warning("The API answered 429; holding sends for %.1f s", end - self.clock())
+
     def _collect(
         self,
-        in_flight: dict[Future[Any], tuple[Mapping[str, Any], int]],
+        in_flight: dict[Future[Any], tuple[Mapping[str, Any], int, list[float | None]]],
         again: deque[Mapping[str, Any]],
         *,
         block: bool,
@@ -202,8 +283,8 @@ class CampaignRunner:
         while in_flight:
             done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
             for future in done:
-                recipient, generation = in_flight.pop(future)
-                self._record(future, recipient, generation, again, draining)
+                recipient, generation, answered = in_flight.pop(future)
+                self._record(future, recipient, generation, again, draining, answered[0])
             if not draining:
                 break
         if not draining:
@@ -216,6 +297,7 @@ class CampaignRunner:
         generation: int,
         again: deque[Mapping[str, Any]],
         draining: bool,
+        answered_at: float | None = None,
     ) -> None:
         phone = recipient["recipient_phone"]
         if future.cancelled():  # never started: nothing was sent
@@ -235,8 +317,17 @@ class CampaignRunner:
         ):
             self._outcome(phone, UNKNOWN, error=f"{type(error).__name__}: {error}")
             return
-        # Everything below was refused: nothing was sent, so this recipient may be sent again.
+        # Everything below was refused: nothing was sent.
         code = getattr(error, "error_code", None)
+        if code in REJECTION_CODES:  # for good: never sent again, the campaign goes on
+            log.warning(
+                "Recipient %s rejected for good by the API (%s); not sending it again",
+                self.phone_for_log(phone),
+                code,
+            )
+            self._outcome(phone, REJECTED, error_code=code, error=error)
+            return
+        # Not sent this time: a later try (or this one, for 429, offline, no connection) sends it.
         retry = not draining and isinstance(
             error, FamulorRateLimitError | FamulorSenderOfflineError | FamulorConnectionError
         )
@@ -245,9 +336,7 @@ class CampaignRunner:
             return
         if isinstance(error, FamulorRateLimitError):
             self.rate_limited += 1
-            hold = error.retry_after if error.retry_after is not None else 1.0
-            log.warning("The API answered 429; holding sends for %.1f s", hold)
-            self.pacer.reserve("campaign", interval=hold)
+            self._hold(error, answered_at)
         elif isinstance(error, FamulorSenderOfflineError):
             if generation == self.generation:  # not a send that left before the last pause
                 self._wait_for_sender()
@@ -324,7 +413,7 @@ class CampaignRunner:
         eta = f"{left / rate:.0f} s" if rate > 0 and left else "-"
         log.info(
             "Campaign %s: %d/%d recipients (%.1f %%), %.2f sends/s, ETA %s; this try: %d sent, %d unknown, "
-            "%d refused, %d answered 429; settled by earlier tries: %s",
+            "%d refused, %d rejected, %d answered 429; settled by earlier tries: %s",
             "done" if final else "progress",
             done,
             self.total,
@@ -334,6 +423,42 @@ class CampaignRunner:
             self.outcomes[SENT],
             self.outcomes[UNKNOWN],
             self.outcomes[REFUSED],
+            self.outcomes[REJECTED],
             self.rate_limited,
             dict(self.skipped) or "none",
         )
+
+
+def rejection_limit(max_rejected: Any) -> float | None:
+    """``max_rejected`` checked: a count (a whole number from 0), a fraction of the recipients
+    (``0 < f < 1``, returned below 1), or ``None`` (blank: no limit). Rendered text is fine.
+
+    :param max_rejected: the operator's argument.
+    """
+    from famulor_provider.validation import is_blank
+
+    if is_blank(max_rejected):
+        return None
+    fix = "give a count of recipients (e.g. 100) or a fraction below 1 (e.g. 0.01 for 1 %)"
+    if isinstance(max_rejected, bool):
+        raise FamulorValidationError("max_rejected", f"{fix}, got {max_rejected!r}")
+    try:
+        number = float(max_rejected)
+    except (TypeError, ValueError):
+        raise FamulorValidationError("max_rejected", f"{fix}, got {max_rejected!r}") from None
+    if not number >= 0 or number == float("inf") or (number >= 1 and not number.is_integer()):
+        raise FamulorValidationError("max_rejected", f"{fix}, got {max_rejected!r}")
+    return number
+
+
+def rejections_exceeded(rejected: int, limit: float | None, recipients: int) -> bool:
+    """Whether ``rejected`` recipients are more than ``limit`` allows (see :func:`rejection_limit`).
+
+    :param rejected: how many recipients the ledger holds as rejected.
+    :param limit: the checked ``max_rejected``.
+    :param recipients: the campaign's unique valid recipients.
+    """
+    if limit is None:
+        return False
+    allowed = limit * recipients if 0 < limit < 1 else limit
+    return rejected > allowed

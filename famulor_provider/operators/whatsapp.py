@@ -399,10 +399,12 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
     durable ledger (one JSON Lines file per task instance, under ``ledger_path``) records each
     recipient before and after its request, and every later try (a retry, a clear, a rerun after
     the worker was killed) reads it first: a sent recipient is never sent again, one whose
-    outcome is unknown is not sent again unless ``resend_unknown``, a refused one is tried again.
-    Returns a summary dict (``recipients``, ``sent``, ``unknown``, ``failed``, ``invalid``,
-    ``duplicates``, ``ledger``, ...). When a recipient ended unknown or failed, the task fails
-    after every other recipient was tried; without retry when nothing left can be retried safely.
+    outcome is unknown is not sent again unless ``resend_unknown``, one rejected for good
+    (``INVALID_PHONE`` ...) never, one refused this time (429, offline, ...) is tried again.
+    Returns a summary dict (``recipients``, ``sent``, ``rejected``, ``unknown``, ``failed``,
+    ``invalid``, ``duplicates``, ``ledger``, ...). When a recipient ended unknown or failed, the
+    task fails after every other recipient was tried; without retry when nothing left can be
+    retried safely. Rejected recipients fail it (without retry) only past ``max_rejected``.
 
     :param sender_id: the sender.
     :param recipients: a list of dicts (``recipient_phone``, optional ``recipient_name`` and
@@ -417,6 +419,10 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
     :param max_sends_per_second: the account's send limit (default ``None``: the documented 5/s).
     :param invalid_recipients: ``"fail"`` (default: send nothing if any row is invalid) or ``"skip"``.
     :param resend_unknown: send again to recipients whose outcome an earlier try could not know.
+    :param max_rejected: how many recipients the API may reject for good (``INVALID_PHONE`` ...)
+        before the task fails: a count (``100``), or a fraction of the recipients below 1
+        (``0.01``). Default ``None``: no limit, rejections are counted (``rejected``) and the task
+        succeeds. Past the limit the task fails without retry after every recipient was tried.
     :param offline_timeout: seconds to wait for an offline sender before failing (a retry resumes).
     :param check_messaging_limit: fail before sending when the sender's 24 h limit of unique
         recipients is smaller than the campaign.
@@ -438,6 +444,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         "max_sends_per_second",
         "invalid_recipients",
         "resend_unknown",
+        "max_rejected",
         "offline_timeout",
         "check_messaging_limit",
         "recipients_conn_id",
@@ -458,6 +465,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         max_sends_per_second: float | None = None,
         invalid_recipients: str = "fail",
         resend_unknown: bool = False,
+        max_rejected: int | float | None = None,
         offline_timeout: float = 900.0,
         check_messaging_limit: bool = True,
         recipients_conn_id: str | None = None,
@@ -476,6 +484,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         self.max_sends_per_second = max_sends_per_second
         self.invalid_recipients = invalid_recipients
         self.resend_unknown = resend_unknown
+        self.max_rejected = max_rejected
         self.offline_timeout = offline_timeout
         self.check_messaging_limit = check_messaging_limit
         self.recipients_conn_id = recipients_conn_id
@@ -499,7 +508,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
                 try_number=ti.try_number,
                 sender_id=sender_id,
                 template_id=given_id,
-                missing_ok=check_flag(self.allow_new_ledger, "allow_new_ledger"),
+                allow_new_ledger=check_flag(self.allow_new_ledger, "allow_new_ledger"),
             )
         self.log.info("Campaign ledger: %s (try %d of this task instance)", ledger.path, ledger.tries)
         with ledger:
@@ -508,9 +517,15 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
     def _run(self, sender_id: int, ledger: Any) -> dict[str, Any]:
         from airflow.providers.common.compat.sdk import AirflowFailException
 
-        from famulor_provider.campaign.ledger import IN_FLIGHT, REFUSED, SENT, UNKNOWN
+        from famulor_provider.campaign.ledger import IN_FLIGHT, REFUSED, REJECTED, SENT, UNKNOWN
         from famulor_provider.campaign.recipients import plan_recipients
-        from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings, CampaignStopped
+        from famulor_provider.campaign.runner import (
+            CampaignRunner,
+            CampaignSettings,
+            CampaignStopped,
+            rejection_limit,
+            rejections_exceeded,
+        )
         from famulor_provider.exceptions import FamulorError
         from famulor_provider.hooks.famulor import FamulorHook
         from famulor_provider.pacing import SEND_RATE_PER_SECOND, SendPacer
@@ -523,6 +538,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
             )
             offline_timeout = check_positive_number(self.offline_timeout, "offline_timeout") or 0.0
             resend_unknown = check_flag(self.resend_unknown, "resend_unknown")
+            max_rejected = rejection_limit(self.max_rejected)
             plan = plan_recipients(
                 self.recipients,
                 self.invalid_recipients,
@@ -554,6 +570,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         summary = {
             **plan.counts(),
             "sent": counts[SENT],
+            "rejected": counts[REJECTED],
             "unknown": counts[UNKNOWN] + counts[IN_FLIGHT],
             "failed": counts[REFUSED],
             "sent_this_try": runner.outcomes[SENT],
@@ -561,6 +578,14 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
             "ledger": ledger.path,
         }
         self.log.info("Campaign summary: %s", summary)
+        if rejections_exceeded(summary["rejected"], max_rejected, plan.unique):
+            raise AirflowFailException(
+                f"Campaign finished with {summary['rejected']} of {plan.unique} recipient(s) rejected "
+                f"for good by the API (INVALID_PHONE ...), more than max_rejected={max_rejected:g} "
+                f"allows; {summary['sent']} sent, {summary['failed']} refused this time, "
+                f"{summary['unknown']} unknown. Failing without retry: a retry would not send them "
+                f"either. Each one and its error code is in the ledger {ledger.path}."
+            )
         if summary["unknown"] or summary["failed"]:
             message = (
                 f"Campaign finished with {summary['failed']} recipient(s) refused by the API and "

@@ -24,7 +24,12 @@ from famulor_provider.campaign.ledger import (
     resolve_ledger_folder,
     summarize,
 )
-from famulor_provider.exceptions import FamulorError, FamulorLedgerMissingError, FamulorValidationError
+from famulor_provider.exceptions import (
+    FamulorError,
+    FamulorLedgerConflictError,
+    FamulorLedgerMissingError,
+    FamulorValidationError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IDENTITY = {"dag_id": "campaign", "run_id": "manual__2025-01-31T09:00:00+00:00", "task_id": "send"}
@@ -129,7 +134,7 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
         ledger.record_outcome(PHONE_B, "refused", error_code="INVALID_PHONE", error="x" * 1000)
         ledger.record_attempt(PHONE_C)
         ledger.record_outcome(PHONE_C, "unknown", error=TimeoutError("read timed out"))
-        assert ledger.counts() == {"sent": 1, "refused": 1, "unknown": 1, "in_flight": 0}
+        assert ledger.counts() == {"sent": 1, "refused": 1, "rejected": 0, "unknown": 1, "in_flight": 0}
 
     with open_ledger(tmp_path, try_number=2) as ledger:
         assert ledger.state == {PHONE_A: "sent", PHONE_B: "refused", PHONE_C: "unknown"}
@@ -141,7 +146,7 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
         assert ledger.should_send("+14155550009")
         ledger.record_attempt(PHONE_B)
         ledger.record_outcome(PHONE_B, "sent", message_id=88)
-        assert ledger.counts() == {"sent": 2, "refused": 0, "unknown": 1, "in_flight": 0}
+        assert ledger.counts() == {"sent": 2, "refused": 0, "rejected": 0, "unknown": 1, "in_flight": 0}
 
     events = lines_of(ledger.path)
     assert [event["type"] for event in events] == ["campaign", "try"] + ["attempt", "outcome"] * 3 + [
@@ -164,7 +169,14 @@ def test_attempts_and_outcomes_are_read_back_by_the_next_try(tmp_path):
     assert records[1]["message_id"] == 88
     assert records[1]["error_code"] is None  # the last outcome's fields, not the refusal's
     assert records[0]["status"] == "queued"
-    assert summarize(records) == {"recipients": 3, "sent": 2, "refused": 0, "unknown": 1, "attempts": 4}
+    assert summarize(records) == {
+        "recipients": 3,
+        "sent": 2,
+        "refused": 0,
+        "rejected": 0,
+        "unknown": 1,
+        "attempts": 4,
+    }
     assert list(read_campaign_ledger(Path(ledger.path).as_uri())) == records  # % in names: %25 in a URI
 
 
@@ -197,7 +209,7 @@ def test_a_later_try_without_a_ledger_fails_and_creates_nothing(tmp_path):
     assert path in str(err.value)
     assert not os.path.exists(path)
 
-    with open_ledger(tmp_path, try_number=2, missing_ok=True) as ledger:
+    with open_ledger(tmp_path, try_number=2, allow_new_ledger=True) as ledger:
         assert ledger.header is not None
 
 
@@ -348,7 +360,121 @@ def test_state_costs_about_100_bytes_per_recipient(tmp_path):
     finally:
         tracemalloc.stop()
     with ledger:
-        assert ledger.counts() == {"sent": 9_000, "refused": 1_000, "unknown": 0, "in_flight": 0}
+        assert ledger.counts() == {
+            "sent": 9_000,
+            "refused": 1_000,
+            "rejected": 0,
+            "unknown": 0,
+            "in_flight": 0,
+        }
     # 100,000 recipients at this rate stay far under the 50 MB budget.
     assert retained / count < 200, retained
     assert peak / count < 300, peak
+
+
+# -- a second writer without the lock ----------------------------------------------------------------
+
+
+def append_unlocked(path: str, text: str) -> None:
+    """Append as a try on a host where flock does not reach would: no lock at all."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(text)
+
+
+def test_a_second_writer_without_the_lock_stops_further_attempts(tmp_path):
+    ledger = open_ledger(tmp_path)
+    ledger.record_attempt(PHONE_A)
+    ledger.record_outcome(PHONE_A, "sent", message_id=1)
+    other = {
+        "type": "try",
+        "try_number": 2,
+        "hostname": "worker-b",
+        "pid": 4242,
+        "at": "2025-01-31T09:00:00Z",
+    }
+    append_unlocked(ledger.path, json.dumps(other) + "\n")
+
+    with pytest.raises(FamulorLedgerConflictError, match=r"try 2 on host worker-b \(pid 4242\)") as err:
+        ledger.record_attempt(PHONE_B)
+    assert "sends nothing more" in str(err.value) and "later try resumes" in str(err.value)
+    assert PHONE_B not in ledger.state
+    assert not any(e.get("recipient_phone") == PHONE_B for e in iter_ledger_events(ledger.path))
+    # Outcomes of sends already in flight are still recorded; attempts stay refused.
+    ledger.record_outcome(PHONE_A, "sent", message_id=1)
+    with pytest.raises(FamulorLedgerConflictError):
+        ledger.record_attempt(PHONE_C)
+    ledger.close()
+
+    with open_ledger(tmp_path, try_number=3) as later:  # resumes from the ledger
+        assert later.state == {PHONE_A: "sent"}
+        later.record_attempt(PHONE_B)
+
+
+def test_an_unreadable_foreign_write_is_named_another_process(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        append_unlocked(ledger.path, '{"type": "attem')  # a torn line of the other writer
+        with pytest.raises(FamulorLedgerConflictError, match="during this try: another process"):
+            ledger.record_attempt(PHONE_A)
+
+
+def test_our_own_writes_never_look_foreign(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        for phone in (PHONE_A, PHONE_B, PHONE_C):
+            ledger.record_attempt(phone)
+            ledger.record_outcome(phone, "rejected" if phone == PHONE_B else "sent")
+        assert ledger.counts()["rejected"] == 1
+        with pytest.raises(FamulorError, match="already rejected"):
+            ledger.record_attempt(PHONE_B)
+
+
+# -- bad paths and permissions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("folder", "why"),
+    [
+        ("/proc/famulor-ledgers", "a parent folder cannot be created there"),
+        ("/sys/famulor-ledgers", "permission denied"),
+        ("FILE", "a part of it is a file, not a folder"),
+    ],
+)
+def test_a_ledger_path_that_cannot_hold_a_ledger_is_a_validation_error(tmp_path, folder, why):
+    if folder == "FILE":
+        (tmp_path / "plain-file").write_text("not a folder")
+        folder = str(tmp_path / "plain-file" / "ledgers")
+    with pytest.raises(FamulorValidationError, match="Invalid ledger_path") as err:
+        open_ledger(folder)
+    assert why in str(err.value) and repr(folder) in str(err.value)
+    assert "Nothing was sent" in str(err.value)
+
+
+def test_files_are_0600_and_created_folders_0700_whatever_the_umask(tmp_path):
+    (tmp_path / "existing").mkdir(mode=0o755)
+    root = tmp_path / "existing" / "new" / "ledgers"
+    old = os.umask(0o022)
+    try:
+        ledger = open_ledger(root)
+    finally:
+        os.umask(old)
+    with ledger:
+        path = Path(ledger.path)
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+        created = [path.parent, path.parent.parent, root, root.parent]
+        assert [oct(p.stat().st_mode & 0o777) for p in created] == [oct(0o700)] * 4
+        assert oct((tmp_path / "existing").stat().st_mode & 0o777) == oct(0o755)  # not ours: unchanged
+
+
+def test_a_foreign_write_between_the_check_and_the_attempt_refuses_that_send(tmp_path, monkeypatch):
+    with open_ledger(tmp_path) as ledger:
+        now = ledger_module._now
+
+        def now_while_another_writes() -> str:  # runs after the check, before the attempt is written
+            monkeypatch.setattr(ledger_module, "_now", now)
+            append_unlocked(ledger.path, '{"type":"try","try_number":5,"hostname":"worker-c","pid":7}\n')
+            return now()
+
+        monkeypatch.setattr(ledger_module, "_now", now_while_another_writes)
+        with pytest.raises(FamulorLedgerConflictError, match=r"try 5 on host worker-c \(pid 7\)"):
+            ledger.record_attempt(PHONE_A)
+        assert ledger.state == {PHONE_A: "refused"}  # not sent: a later try sends it
+    assert [e["type"] for e in iter_ledger_events(ledger.path)][-3:] == ["try", "attempt", "outcome"]

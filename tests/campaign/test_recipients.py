@@ -41,7 +41,7 @@ def test_a_list_of_mappings_is_checked_and_normalized():
     assert rows[0] == (1, recipient("+14155550001", "Ann", {"1": "A-1", "n": 2}), None)
     assert rows[1][:2] == (2, None)
     assert "E.164" in rows[1][2]
-    assert "'4155550002'" in rows[1][2]
+    assert "got '415555****02'" in rows[1][2]  # masked
     assert "unknown key(s) 'varibles'" in rows[2][2]
     assert "recipient_name" in rows[3][2]
     assert "255" in rows[3][2]
@@ -58,6 +58,47 @@ def test_json_text_and_python_repr_of_a_list():
     assert ast.literal_eval(repr(items)) == items
 
 
+def test_python_text_with_every_kind_of_literal_reads_as_ast_would():
+    items = [
+        {
+            "recipient_phone": "+14155550001",
+            "recipient_name": 'O\'Brien "Bob"',
+            "variables": {"1": "line\nbreak \\ tab\t", "2": "Zoë 😀 \x07", "n": None, "t": True, "f": False},
+        },
+        {"recipient_phone": "+14155550002", "variables": {"1": 1.5, "2": -2, "3": 1e3, "4": [1, (2,)]}},
+    ]
+    text = repr(items)
+    from famulor_provider.campaign.recipients import _parse_list_text
+
+    assert _parse_list_text(text) == json.loads(json.dumps(ast.literal_eval(text)))  # tuples as lists
+    assert _parse_list_text("(  'a' ,  )") == ["a"]
+    assert _parse_list_text("[1, 2,]") == [1, 2]
+    assert _parse_list_text("[(1), (2, 3), ()]") == [1, [2, 3], []]  # (x) is x, as in Python
+
+
+def test_python_text_of_a_list_costs_about_the_memory_of_its_json_text():
+    """ast.literal_eval kept about 10 KB per row (1.1 GB for 100,000); here about the JSON's peak.
+    benchmarks/campaign_memory.py measures 100,000 rows."""
+    rows = [
+        {
+            "recipient_phone": f"+1415{n:07d}",
+            "recipient_name": f"Customer {n}",
+            "variables": {"1": f"order {n}"},
+        }
+        for n in range(5_000)
+    ]
+    peaks = {}
+    for name, text in (("json", json.dumps(rows)), ("python", str(rows))):
+        tracemalloc.start()
+        try:
+            plan = plan_recipients(text)
+            _, peaks[name] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert plan.unique == 5_000
+    assert peaks["python"] < 1.6 * peaks["json"], peaks
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
@@ -66,7 +107,9 @@ def test_json_text_and_python_repr_of_a_list():
         ('{"recipient_phone": "+14155550001"}', "got one object"),
         ({"recipient_phone": "+14155550001"}, "got one mapping"),
         ("recipients.txt", "is not a .csv, .jsonl or .ndjson file"),
-        ("[not json", "neither a list's JSON text"),
+        ("[not json", "neither a list's JSON nor its Python literal"),
+        ("[{'recipient_phone': set()}]", "render_template_as_native_obj=True"),
+        ("[b'+14155550001']", "task.output"),
         ("(1)", "got int"),
         (42, "got int"),
     ],
@@ -104,7 +147,7 @@ def test_csv_columns_become_variables_and_rows_are_numbered_from_the_first_data_
         None,
     )  # blank row skipped
     assert rows[3][:2] == (4, None)
-    assert "'12345'" in rows[3][2]
+    assert "got '****'" in rows[3][2] and "12345" not in rows[3][2]  # masked: the row number finds it
     assert rows[4] == (5, None, "has a value in a column with no header")
     assert rows[5] == (6, None, "has 7 cells, the header has 6 columns")
 
@@ -165,7 +208,7 @@ def test_fail_mode_names_the_first_20_invalid_rows_and_counts_the_rest(tmp_path)
     assert "40 of 60 rows" in message
     assert "nothing was sent" in message
     assert "row 3: Invalid recipient_phone" in message
-    assert "'bad-3'" in message
+    assert "row 3: Invalid recipient_phone: expected an E.164 phone number" in message
     assert "row 40:" in message  # the 20th invalid row
     assert "row 41:" not in message
     assert "and 20 more" in message
@@ -274,3 +317,17 @@ def test_100000_json_lines_are_planned_with_bounded_memory(tmp_path):
     assert planned < 100_000, planned  # the plan keeps no rows
     assert plan_peak / 10_000 < 300, plan_peak
     assert iter_peak / 10_000 < 300, iter_peak
+
+
+def test_an_invalid_phone_is_masked_in_the_row_errors():
+    plan = plan_recipients(
+        [
+            {"recipient_phone": "+49 151 2345 678x"},
+            {"recipient_phone": None},
+            {"recipient_phone": "+14155550001"},
+        ],
+        "skip",
+    )
+    text = plan.describe_invalid()
+    assert "row 1:" in text and "got '+49 15****8x'" in text and "2345" not in text
+    assert "row 2:" in text and "got None" in text

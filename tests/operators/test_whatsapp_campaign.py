@@ -131,6 +131,7 @@ def test_everyone_is_sent_once_at_most_five_per_second(
         "invalid": 0,
         "duplicates": 1,
         "sent": 7,
+        "rejected": 0,
         "unknown": 0,
         "failed": 0,
         "sent_this_try": 7,
@@ -186,7 +187,7 @@ def test_invalid_rows_fail_before_anything_is_sent(
     [(_, error)] = tries
     text = str(error)
     assert "2 of 5 rows" in text and "nothing was sent" in text
-    assert "row 2:" in text and "'12345'" in text
+    assert "row 2:" in text and "got '****'" in text and "12345" not in text  # masked
     assert "row 4:" in text and "'colour'" in text
     assert "invalid_recipients='skip'" in text
 
@@ -222,32 +223,104 @@ def test_a_lost_answer_is_unknown_and_fails_without_retry(
     assert "4 sent" in text and ledger in text and "without retry" in text
 
 
-# -- d. a refusal: the retry sends only the refused recipient ---------------------------------------
+# -- d. refusals: rejected for good, or not sent this time ---------------------------------------
+
+NOT_THIS_TIME = {"success": False, "error": "Something went wrong", "error_code": "UNKNOWN_ERROR"}
 
 
-def test_a_refused_recipient_is_retried_alone(
+def posts(sandbox: FamulorSandbox) -> int:
+    """How many send requests the sandbox received."""
+    return len([r for r in sandbox.requests if r.method == "POST"])
+
+
+def test_a_refused_recipient_is_retried_alone_and_a_rejected_one_never(
     campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any], tmp_path: Path
 ) -> None:
-    refused = PHONES[2]
-    sandbox.inject("invalid_phone", recipient_phone=refused)
+    refused, rejected = PHONES[2], PHONES[3]
+    sandbox.inject("status", status=422, body=NOT_THIS_TIME, path=SEND_PATH, recipient_phone=refused)
+    sandbox.inject("invalid_phone", recipient_phone=rejected, times=5)
 
     result = campaign(recipients_for(PHONES[:5]))
 
     ti = result.ti("campaign")
     assert (ti.state, ti.try_number) == ("success", 2)
-    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
-    posts = [r for r in sandbox.requests if r.method == "POST"]
-    assert len(posts) == 6  # five on try 1 (one refused), the refused one again on try 2
+    assert billed(sandbox) == dict.fromkeys([PHONES[0], PHONES[1], PHONES[2], PHONES[4]], 1)
+    # Five on try 1; on try 2 the refused one again, and the rejected one is not posted again.
+    assert posts(sandbox) == 6
     (_, first), (_, second) = tries
     assert "1 recipient(s) refused by the API" in str(first) and "tries the refused" in str(first)
     assert second is None
     summary = ti.return_value
-    assert (summary["sent"], summary["sent_this_try"], summary["failed"]) == (5, 1, 0)
-    assert outcomes(summary["ledger"]) == {**dict.fromkeys(PHONES[:5], ("sent", 1)), refused: ("sent", 2)}
+    assert (summary["sent"], summary["sent_this_try"], summary["failed"], summary["rejected"]) == (4, 1, 0, 1)
+    assert outcomes(summary["ledger"]) == {
+        **dict.fromkeys(PHONES[:5], ("sent", 1)),
+        refused: ("sent", 2),
+        rejected: ("rejected", 1),
+    }
     events = list(iter_ledger_events(summary["ledger"]))
     assert [e["try_number"] for e in events if e["type"] == "try"] == [1, 2]
     refusal = next(e for e in events if e["type"] == "outcome" and e["outcome"] == "refused")
-    assert (refusal["recipient_phone"], refusal["error_code"]) == (refused, "INVALID_PHONE")
+    assert (refusal["recipient_phone"], refusal["error_code"]) == (refused, "UNKNOWN_ERROR")
+    rejection = next(e for e in events if e["type"] == "outcome" and e["outcome"] == "rejected")
+    assert (rejection["recipient_phone"], rejection["error_code"]) == (rejected, "INVALID_PHONE")
+
+
+def test_rejected_recipients_do_not_fail_the_task_by_default(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any]
+) -> None:
+    sandbox.inject("invalid_phone", recipient_phone=PHONES[0])
+    twilio = {"success": False, "error": "Invalid 'To' Phone Number", "error_code": "TWILIO_ERROR_21211"}
+    sandbox.inject("status", status=422, body=twilio, path=SEND_PATH, recipient_phone=PHONES[4])
+
+    result = campaign(recipients_for(PHONES[:6]))
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 1)
+    assert tries == [(1, None)]
+    assert posts(sandbox) == 6
+    summary = ti.return_value
+    assert (summary["sent"], summary["rejected"], summary["failed"], summary["unknown"]) == (4, 2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("max_rejected", "state"),
+    [(1, "failed"), ("0.2", "failed"), (2, "success"), (0.4, "success")],
+)
+def test_past_max_rejected_the_task_fails_without_retry_after_everyone_was_tried(
+    campaign: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    max_rejected: Any,
+    state: str,
+) -> None:
+    for phone in (PHONES[0], PHONES[3]):
+        sandbox.inject("invalid_phone", recipient_phone=phone)
+
+    result = campaign(recipients_for(PHONES[:5]), max_rejected=max_rejected)
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == (state, 1)  # retries=1, but no retry
+    assert posts(sandbox) == 5  # every recipient was tried, once
+    assert billed(sandbox) == dict.fromkeys([PHONES[1], PHONES[2], PHONES[4]], 1)
+    [(_, error)] = tries
+    if state == "failed":
+        text = str(error)
+        assert "2 of 5 recipient(s) rejected" in text and f"max_rejected={float(max_rejected):g} " in text
+        assert "without retry" in text and "3 sent" in text
+    else:
+        assert error is None
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "many", True])
+def test_a_bad_max_rejected_fails_before_sending(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox, tries: list[Any], bad: Any
+) -> None:
+    result = campaign(recipients_for(PHONES[:2]), max_rejected=bad)
+
+    assert (result.ti("campaign").state, result.ti("campaign").try_number) == ("failed", 1)
+    assert [r for r in sandbox.requests if r.method == "POST"] == []
+    [(_, error)] = tries
+    assert "Invalid max_rejected" in str(error) and "fraction below 1" in str(error)
 
 
 # -- e. a 429 storm --------------------------------------------------------------------------------------
@@ -269,6 +342,26 @@ def test_answers_429_wait_and_go_on(campaign: Callable[..., Any], sandbox: Famul
     first_429 = min(r.monotonic for r in posts if r.status == 429)
     after = [r.monotonic for r in posts if r.monotonic > first_429 and r.status == 200]
     assert after and min(after) - first_429 >= 0.9
+
+
+def test_429_holds_that_overlap_end_at_the_latest_end_not_their_sum(
+    campaign: Callable[..., Any], sandbox: FamulorSandbox
+) -> None:
+    # Five sends in flight at once (each answer takes 0.3 s), each answered 429 Retry-After: 2.
+    sandbox.inject("status", status=429, retry_after=2, times=5, delay=0.3, path=SEND_PATH)
+
+    result = campaign(recipients_for(PHONES[:5]))
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 1)
+    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
+    assert ti.return_value["answered_429"] == 5
+    posts = [r for r in sandbox.requests if r.method == "POST"]
+    limited = sorted(r.monotonic for r in posts if r.status == 429)
+    assert len(limited) == 5 and limited[-1] - limited[0] < 0.3  # all five were in flight together
+    # The next send left about 2 s after the 429s arrived (0.3 s after their requests): not 10 s.
+    gap = min(r.monotonic for r in posts if r.status == 200) - limited[0]
+    assert 2.2 <= gap < 3.5, gap
 
 
 # -- f. sender offline -----------------------------------------------------------------------------------
@@ -429,7 +522,8 @@ def test_a_later_try_that_finds_no_ledger_sends_nothing(
     before_try: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    sandbox.inject("invalid_phone", recipient_phone=PHONES[1])  # try 1 fails, retryable
+    # Try 1 fails, retryable.
+    sandbox.inject("status", status=422, body=NOT_THIS_TIME, path=SEND_PATH, recipient_phone=PHONES[1])
 
     def lose_the_ledger(try_number: int) -> None:
         if try_number == 2:  # as if the retry ran on a worker that cannot see the folder
@@ -448,6 +542,7 @@ def test_a_later_try_that_finds_no_ledger_sends_nothing(
     assert "refused" in str(first)
     text = str(second)
     assert "Try 2 found no campaign ledger" in text and "storage every worker sees" in text
+    assert "allow_new_ledger=True" in text and "missing_ok" not in text
     assert not list((tmp_path / "ledgers").rglob("*.jsonl"))  # and did not create a new one
 
 
@@ -496,3 +591,117 @@ def test_insufficient_balance_stops_at_once_and_a_clear_resumes(
     assert summary["ledger"] == ledger_of(result, tmp_path / "ledgers")
     assert outcomes(summary["ledger"])[PHONES[2]] == ("sent", 2)
     assert os.path.exists(summary["ledger"])
+
+
+# -- l. the ledger: a second writer, bad paths -------------------------------------------------------
+
+
+def test_a_second_writer_on_the_ledger_stops_the_try_and_the_retry_resumes(
+    campaign: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from famulor_provider.hooks.famulor import FamulorHook
+
+    send = FamulorHook.send_whatsapp_template
+    written: list[str] = []
+
+    def send_while_another_writes(self: FamulorHook, *args: Any, **kwargs: Any) -> Any:
+        if args[2] == PHONES[1] and not written:  # a zombie try on another host, no lock there
+            [path] = (tmp_path / "ledgers").rglob("*.jsonl")
+            other = {"type": "try", "try_number": 9, "hostname": "worker-b", "pid": 4242}
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(json.dumps(other) + "\n")
+            written.append(str(path))
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(FamulorHook, "send_whatsapp_template", send_while_another_writes)
+
+    result = campaign(recipients_for(PHONES[:5]), max_sends_per_second=5)
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 2)
+    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
+    (_, first), (_, second) = tries
+    assert type(first).__name__ == "FamulorLedgerConflictError"
+    assert "try 9 on host worker-b (pid 4242)" in str(first) and "sends nothing more" in str(first)
+    assert second is None
+    events = list(iter_ledger_events(written[0]))
+    assert [e["try_number"] for e in events if e["type"] == "try"] == [1, 9, 2]
+    foreign = next(n for n, e in enumerate(events) if e.get("pid") == 4242)
+    retry = next(n for n, e in enumerate(events) if e.get("try_number") == 2)
+    # Try 1 wrote no attempt after the foreign line; only outcomes of sends already in flight.
+    assert [e["type"] for e in events[foreign + 1 : retry]] in (["outcome"], [])
+
+
+@pytest.mark.parametrize(
+    ("ledger_path", "why"),
+    [("/proc/famulor-ledgers", "cannot be created there"), ("FILE", "is a file, not a folder")],
+)
+def test_a_bad_ledger_path_fails_once_without_retry(
+    run_dag: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tries: list[Any],
+    tmp_path: Path,
+    ledger_path: str,
+    why: str,
+) -> None:
+    if ledger_path == "FILE":
+        (tmp_path / "plain-file").write_text("x")
+        ledger_path = str(tmp_path / "plain-file" / "ledgers")
+    conf = {"recipients": recipients_for(PHONES[:2]), "ledger_path": ledger_path}
+
+    result = run_dag(DAG_FILE, DAG_ID, conf=conf, env=sandbox.env())
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("failed", 1)  # retries=1, but no retry
+    assert [r for r in sandbox.requests if r.method == "POST"] == []
+    [(_, error)] = tries
+    assert type(error).__name__ == "AirflowFailException"
+    assert "Invalid ledger_path" in str(error) and why in str(error) and ledger_path in str(error)
+
+
+# -- m. personal data in the log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full_numbers", [False, True])
+def test_per_recipient_lines_mask_phones_and_read_the_switch_once(
+    run_dag: Callable[..., Any],
+    sandbox: FamulorSandbox,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    full_numbers: bool,
+) -> None:
+    from famulor_provider.campaign import runner
+
+    reads: list[bool] = []
+    switch = runner.full_phone_numbers_in_logs
+
+    def counted() -> bool:
+        reads.append(switch())
+        return reads[-1]
+
+    monkeypatch.setattr(runner, "full_phone_numbers_in_logs", counted)
+    sandbox.inject("invalid_phone", recipient_phone=PHONES[1])
+    env = {**sandbox.env(), "AIRFLOW__FAMULOR__LOG_FULL_PHONE_NUMBERS": str(full_numbers).lower()}
+    conf = {"recipients": recipients_for(PHONES[:6]), "ledger_path": str(tmp_path)}
+
+    with caplog.at_level("INFO"):
+        result = run_dag(DAG_FILE, DAG_ID, conf=conf, env=env)
+
+    assert result.ti("campaign").state == "success"
+    assert reads == [full_numbers]  # once per run, not once per line
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= 20 and r.name.startswith("famulor")]
+    shown = [phone for phone in PHONES[:6] if any(phone in line for line in lines)]
+    rejected = [line for line in lines if "rejected for good" in line]
+    if full_numbers:
+        assert shown == [PHONES[1]]  # only the rejection's line names a recipient
+        assert PHONES[1] in rejected[0]
+    else:
+        assert shown == []
+        assert "+14155****02" in rejected[0]
+    # Progress and summary lines carry counts only.
+    assert any(line.startswith("Campaign done: 6/6 recipients") for line in lines)

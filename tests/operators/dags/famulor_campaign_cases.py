@@ -22,6 +22,7 @@ PARAMS = {
     "max_sends_per_second": 50,
     "offline_timeout": 900,
     "resend_unknown": False,
+    "max_rejected": None,
     "check_messaging_limit": True,
 }
 EXECUTION_TIMEOUT = {"famulor_campaign_cases": None, "famulor_campaign_timeout": timedelta(seconds=4)}
@@ -46,6 +47,7 @@ for dag_id, execution_timeout in EXECUTION_TIMEOUT.items():
             max_sends_per_second="{{ params.max_sends_per_second }}",
             offline_timeout="{{ params.offline_timeout }}",
             resend_unknown="{{ params.resend_unknown }}",
+            max_rejected="{{ params.max_rejected }}",
             check_messaging_limit="{{ params.check_messaging_limit }}",
             retries=1,
             retry_delay=timedelta(seconds=0),
