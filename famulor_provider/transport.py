@@ -418,14 +418,15 @@ def may_have_sent(error: BaseException) -> bool:
     """Whether a failed send may still have been accepted (and billed) by the API.
 
     True when the request went out and no answer says it was refused: a deadline or read
-    timeout, a connection broken after sending, a 5xx without a documented error code, or a
+    timeout, a connection broken after sending, a 5xx without a documented error code, a
+    redirect (3xx: whatever answered may have processed the POST before redirecting it), or a
     success answer that cannot be read. A 4xx (or a mapped error code) is a refusal.
     """
     if isinstance(error, FamulorConnectionError):
         return error.request_sent
     if isinstance(error, FamulorResponseError):
         return True
-    return type(error) is FamulorAPIError and error.status_code >= 500
+    return type(error) is FamulorAPIError and (error.status_code >= 500 or 300 <= error.status_code < 400)
 
 
 _backoff = tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)

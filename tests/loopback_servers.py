@@ -349,6 +349,22 @@ class TlsServer(LoopbackServer):
         channel.close_after_client()
 
 
+class RedirectServer(LoopbackServer):
+    """Reads each request, records it and answers ``303 See Other`` (the server may have processed
+    a POST before redirecting it: what a send must then report)."""
+
+    ANSWER = (
+        b"HTTP/1.1 303 See Other\r\nLocation: /api/elsewhere\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+
+    def serve(self, channel: _Channel) -> None:
+        channel.handshake()
+        if channel.read_request() is not None:
+            channel.send(self.ANSWER)
+            channel.close_after_client()
+
+
 def refused_url() -> tuple[str, socket.socket]:
     """A loopback URL where nothing listens (the port stays bound, not listening, so it is not
     reused while the caller holds the returned socket: close it after the test)."""

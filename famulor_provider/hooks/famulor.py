@@ -331,7 +331,7 @@ class FamulorHook(BaseHook):
         Send an approved template message (``POST /user/whatsapp/send``; billed, not idempotent).
 
         Retried only where the API cannot have accepted it (429, never sent). When the outcome is
-        unknown (the deadline passed, the connection broke after sending, a 5xx), raises
+        unknown (the deadline passed, the connection broke after sending, a 5xx, a redirect), raises
         ``FamulorDeliveryUnknownError`` and never retries.
 
         :param sender_id: the sender.

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from loopback_servers import (
     DripServer,
+    RedirectServer,
     TlsServer,
     call_within,
     famulor_connection,
@@ -25,6 +26,7 @@ from loopback_servers import (
 )
 
 from famulor_provider.exceptions import (
+    FamulorAPIError,
     FamulorConnectionError,
     FamulorDeliveryUnknownError,
     FamulorError,
@@ -198,3 +200,38 @@ def test_refused_url_really_refuses() -> None:
     with closed_port, pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", closed_port.getsockname()[1]), timeout=2)
     assert url.startswith("http://127.0.0.1:")
+
+
+# -- redirects ---------------------------------------------------------------------------------
+
+
+@both_paths
+def test_redirect_answering_a_send_is_delivery_unknown_and_never_retried(
+    hook_for: Callable[..., FamulorHook], asynchronous: bool
+) -> None:
+    # Whatever answered 303 may have processed the POST: not a refusal, so no retry and no
+    # "nothing was sent" for a campaign (which would send it again on its next try).
+    with RedirectServer() as server:
+        hook = hook_for(server.url, max_retries=3)
+
+        with pytest.raises(FamulorDeliveryUnknownError) as caught:
+            call(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+
+        assert server.methods() == ["POST"]
+        assert server.requests[0].path == "/api/user/whatsapp/send"
+        assert caught.value.status_code == 303
+        assert "redirected (HTTP 303)" in str(caught.value)
+
+
+@both_paths
+def test_redirect_answering_a_read_is_an_api_error_not_followed(
+    hook_for: Callable[..., FamulorHook], asynchronous: bool
+) -> None:
+    with RedirectServer() as server:
+        hook = hook_for(server.url, max_retries=2)
+
+        with pytest.raises(FamulorAPIError, match=r"redirected \(HTTP 303\)") as caught:
+            call(hook, "list_whatsapp_senders", asynchronous)
+
+        assert caught.value.status_code == 303
+        assert server.methods() == ["GET"]  # neither followed nor retried
