@@ -22,12 +22,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from famulor_provider.connection import is_loopback
 from famulor_provider.exceptions import (
     FamulorAPIError,
     FamulorAuthError,
@@ -135,8 +137,10 @@ class _DeadlineConnectionMixin:
     sock: socket.socket | None
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
         attempt = _current_attempt()
+        if attempt is not None:  # from here on, a failure before request() was never sent
+            attempt.tracked = True  # (a refused or unreachable proxy, a refused CONNECT)
+        sock = super()._new_conn()  # type: ignore[misc]
         if attempt is not None:
             attempt.watch(sock)
         return sock
@@ -168,25 +172,66 @@ class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
 class DeadlineAdapter(HTTPAdapter):
-    """A ``requests`` adapter whose connections obey :func:`sync_attempt` deadlines."""
+    """A ``requests`` adapter whose connections obey :func:`sync_attempt` deadlines, direct or
+    through an HTTP(S) proxy (``requests`` keeps a pool manager per proxy apart from its own)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _HTTPConnectionPool,
-            "https": _HTTPSConnectionPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS managers bring their own pool classes
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
 
 
-def new_session(headers: Mapping[str, str]) -> requests.Session:
-    """A keep-alive ``requests`` session with deadline-aware connections and the given headers."""
-    session = requests.Session()
+# Per-request proxies that override the environment's (requests drops the None entries).
+_NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
+
+
+class _Session(requests.Session):
+    """A session that never uses a proxy for a loopback base URL (the key may go in clear text)."""
+
+    direct = False
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if self.direct:
+            proxies = _NO_PROXIES
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
+def new_session(headers: Mapping[str, str], base_url: str) -> requests.Session:
+    """A keep-alive ``requests`` session with deadline-aware connections and the given headers.
+
+    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), as ``requests`` reads
+    them, except for a loopback ``base_url``, which is always reached directly.
+    """
+    session = _Session()
+    session.direct = is_loopback_url(base_url)
     adapter = DeadlineAdapter(pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update(headers)
     return session
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names a loopback host (never reached through a proxy)."""
+    return is_loopback(urlsplit(url).hostname or "")
+
+
+def httpx_mounts(base_url: str) -> dict[str, None]:
+    """httpx ``mounts`` for ``base_url``: none (the environment's proxies apply), or for a
+    loopback host a direct route that wins over every proxy pattern."""
+    host = urlsplit(base_url).hostname or ""
+    if not is_loopback(host):
+        return {}
+    return {f"all://[{host}]" if ":" in host else f"all://{host}": None}
 
 
 def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
@@ -195,7 +240,10 @@ def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitabl
     async def trace(event_name: str, info: Mapping[str, Any]) -> None:
         attempt.tracked = True
         if event_name.endswith(".send_request_headers.started"):
-            attempt.request_started = True
+            request = info.get("request")
+            # A proxy's CONNECT goes through the same trace: only our own request counts.
+            if getattr(request, "method", None) != b"CONNECT":
+                attempt.request_started = True
 
     return trace
 
@@ -242,11 +290,16 @@ def requests_error(
 ) -> FamulorConnectionError:
     """:func:`transport_error` for a ``requests`` failure."""
     reason = getattr(err.args[0], "reason", None) if err.args else None
+    if isinstance(reason, urllib3.exceptions.ProxyError):  # no connection to the proxy, or no tunnel
+        reason = reason.original_error
+    # NewConnectionError (also DNS failures) is a ConnectTimeoutError: no connection was made.
     connect_failure = isinstance(err, requests.ConnectTimeout) or isinstance(
-        reason,
-        urllib3.exceptions.NewConnectionError,  # also DNS failures
+        reason, urllib3.exceptions.ConnectTimeoutError
     )
-    timed_out = isinstance(err, requests.Timeout)
+    timed_out = isinstance(err, requests.Timeout) or (
+        isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+        and not isinstance(reason, urllib3.exceptions.NewConnectionError)
+    )
     return transport_error(
         endpoint, config, attempt, err, timed_out=timed_out, connect_failure=connect_failure
     )

@@ -40,6 +40,7 @@ from famulor_provider.transport import (
     Attempt,
     data_list,
     httpx_error,
+    httpx_mounts,
     httpx_trace,
     is_retryable_read,
     is_retryable_send,
@@ -133,7 +134,7 @@ class FamulorHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """One keep-alive session per hook, carrying the auth and identity headers."""
-        return new_session(self.config.headers)
+        return new_session(self.config.headers, self.config.base_url)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class FamulorHook(BaseHook):
         endpoint = f"{method} {path}"
         async with httpx.AsyncClient(
             headers=config.headers,
+            mounts=httpx_mounts(config.base_url),  # None: no proxy for that host
             timeout=httpx.Timeout(config.deadline, connect=config.connect_timeout),
             verify=config.verify_ssl,
             follow_redirects=False,
