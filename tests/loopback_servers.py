@@ -355,6 +355,30 @@ class TlsServer(LoopbackServer):
         channel.close_after_client()
 
 
+class KeepAliveServer(LoopbackServer):
+    """Answers every request ``200 OK`` with the one-sender listing and keeps the connection open.
+
+    :param delays: seconds to wait before each answer, in order (then none): holds a request
+        in flight while a test does something else.
+    """
+
+    def __init__(self, delays: tuple[float, ...] = ()) -> None:
+        super().__init__()
+        self.delays = list(delays)
+
+    def serve(self, channel: _Channel) -> None:
+        while channel.read_request() is not None:
+            with self.lock:
+                delay = self.delays.pop(0) if self.delays else 0.0
+            if self.stopped.wait(delay):
+                return
+            channel.send(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(SENDERS_BODY)}\r\n\r\n".encode()
+                + SENDERS_BODY
+            )
+
+
 class RedirectServer(LoopbackServer):
     """Reads each request, records it and answers ``303 See Other`` (the server may have processed
     a POST before redirecting it: what a send must then report)."""

@@ -109,6 +109,7 @@ class FamulorHook(BaseHook):
         self.famulor_conn_id = famulor_conn_id
         self.timeout = timeout
         self.max_retries = max_retries
+        self._retryers: dict[tuple[Any, ...], tenacity.Retrying] = {}
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -176,7 +177,11 @@ class FamulorHook(BaseHook):
             return parse_response(endpoint, response.status_code, response.headers, response.content, config)
 
         retries = config.max_retries if max_retries is None else max_retries
-        return tenacity.Retrying(**retry_policy(retries, retryable, self.sleep))(attempt)
+        key = (retries, retryable, self.sleep)
+        retrying = self._retryers.get(key)
+        if retrying is None:  # built once per policy: its state is per thread, so threads share it
+            retrying = self._retryers[key] = tenacity.Retrying(**retry_policy(retries, retryable, self.sleep))
+        return retrying(attempt)
 
     async def arequest(
         self,
