@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from famulor_provider.connection import FamulorConnectionConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
 POOL_SIZE = 16  # keep-alive connections per host: the campaign sends from up to 16 threads
@@ -616,6 +617,33 @@ def retry_policy(
         "before_sleep": _log_retry,
         "reraise": True,
     }
+
+
+def retry_sync(
+    attempt: Callable[[], T], retryable: Callable[[BaseException], bool], policy: Callable[[], dict[str, Any]]
+) -> T:
+    """Run ``attempt`` under the retry ``policy`` (:func:`retry_policy`), set up only once needed.
+
+    The first try runs bare: most requests succeed, and a ``tenacity.Retrying`` costs more than
+    the rest of the hook's own work per request. A retryable failure hands over to tenacity, whose
+    first try raises that same error, so waits, logs and the count of tries are tenacity's.
+    """
+    try:
+        return attempt()
+    except Exception as err:
+        if not retryable(err):
+            raise
+        first_error = err
+    replayed = False
+
+    def again() -> T:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first_error
+        return attempt()
+
+    return tenacity.Retrying(**policy())(again)
 
 
 async def run_with_deadline(attempt: Attempt, request: Awaitable[httpx.Response]) -> httpx.Response:

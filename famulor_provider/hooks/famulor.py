@@ -49,6 +49,7 @@ from famulor_provider.transport import (
     parse_response,
     requests_error,
     retry_policy,
+    retry_sync,
     run_with_deadline,
     sync_attempt,
 )
@@ -109,7 +110,6 @@ class FamulorHook(BaseHook):
         self.famulor_conn_id = famulor_conn_id
         self.timeout = timeout
         self.max_retries = max_retries
-        self._retryers: dict[tuple[Any, ...], tenacity.Retrying] = {}
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -177,11 +177,7 @@ class FamulorHook(BaseHook):
             return parse_response(endpoint, response.status_code, response.headers, response.content, config)
 
         retries = config.max_retries if max_retries is None else max_retries
-        key = (retries, retryable, self.sleep)
-        retrying = self._retryers.get(key)
-        if retrying is None:  # built once per policy: its state is per thread, so threads share it
-            retrying = self._retryers[key] = tenacity.Retrying(**retry_policy(retries, retryable, self.sleep))
-        return retrying(attempt)
+        return retry_sync(attempt, retryable, lambda: retry_policy(retries, retryable, self.sleep))
 
     async def arequest(
         self,
