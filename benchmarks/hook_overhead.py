@@ -8,8 +8,8 @@ and timeout that checks the status and parses the body: what a hand-written clie
 least. The hook adds its deadline per attempt, the not-sent bookkeeping, the retry policy and its
 error mapping.
 
-Rounds are interleaved (raw, hook, hook, raw, ...) so both see the same machine load; each round
-times ``--calls`` calls of each. The figures are the medians over ``--rounds`` rounds of the time
+Calls are interleaved (raw, hook, hook, raw, ...) so both see the same moments of machine load;
+each round times ``--calls`` calls of each. The figures are the medians over ``--rounds`` rounds of the time
 per call and their ratio hook / raw (and the median and quartiles of the per-round ratios): wall
 time, what the goal is stated in, and the CPU time of this process (the client's work alone, the
 watchdog thread included), which a busy machine disturbs far less.
@@ -134,6 +134,20 @@ def hook_client(base_url: str) -> tuple[Callable[[], object], dict[str, str], tu
     )
 
 
+def interleaved(clients: dict[str, Callable[[], object]], calls: int) -> dict[str, tuple[float, float]]:
+    """One round: ``calls`` calls of each client, alternating call by call (and which goes first),
+    so both see the same moments of machine load; wall and CPU time per call of each, in us."""
+    names = list(clients)
+    totals = {name: [0.0, 0.0] for name in names}
+    for i in range(calls):
+        for name in names if i % 2 == 0 else reversed(names):
+            wall, cpu = time.perf_counter(), time.process_time()
+            clients[name]()
+            totals[name][0] += time.perf_counter() - wall
+            totals[name][1] += time.process_time() - cpu
+    return {name: (wall / calls * 1e6, cpu / calls * 1e6) for name, (wall, cpu) in totals.items()}
+
+
 def quartiles(values: list[float]) -> str:
     low, _, high = statistics.quantiles(values, n=4)
     return f"{low:.3f}-{high:.3f}"
@@ -173,11 +187,10 @@ def main() -> None:
         per_call_us(hook, args.calls)  # warm up both connections and code paths
         per_call_us(raw, args.calls)
         times: dict[str, list[tuple[float, float]]] = {"raw": [], "hook": []}
-        for i in range(args.rounds):
-            order = ["raw", "hook"] if i % 2 == 0 else ["hook", "raw"]
-            for name in order:
-                times[name].append(timed(raw if name == "raw" else hook, args.calls))
-    print(f"{args.rounds} interleaved rounds of {args.calls} GETs each, keep-alive server in its own process")
+        for _ in range(args.rounds):
+            for name, result in interleaved({"raw": raw, "hook": hook}, args.calls).items():
+                times[name].append(result)
+    print(f"{args.rounds} rounds of {args.calls} interleaved GETs each, keep-alive server in its own process")
     for column, label in ((0, "wall"), (1, "CPU of this process")):
         raw_us = [t[column] for t in times["raw"]]
         hook_us = [t[column] for t in times["hook"]]
