@@ -291,29 +291,23 @@ class DeadlineAdapter(HTTPAdapter):
         return manager
 
 
-# Per-request proxies that override the environment's (requests drops the None entries).
-_NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
-
-
 class _Session(requests.Session):
-    """A session that never uses a proxy for a loopback base URL (the key may go in clear text)."""
-
-    direct = False
+    """A session that never sends a request for a loopback URL through a proxy (the sandbox over
+    plain http: the key would reach the proxy in clear text)."""
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if self.direct:
-            proxies = _NO_PROXIES
+        if is_loopback_url(url):  # explicit None entries win over the environment's, then drop out
+            proxies = {"http": None, "https": None, "all": None}
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
-def new_session(headers: Mapping[str, str], base_url: str) -> requests.Session:
+def new_session(headers: Mapping[str, str]) -> requests.Session:
     """A keep-alive ``requests`` session with deadline-aware connections and the given headers.
 
     Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), as ``requests`` reads
-    them, except for a loopback ``base_url``, which is always reached directly.
+    them, except for a loopback URL, which is always reached directly.
     """
     session = _Session()
-    session.direct = is_loopback_url(base_url)
     adapter = DeadlineAdapter(pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

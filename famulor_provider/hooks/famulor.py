@@ -135,7 +135,7 @@ class FamulorHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """One keep-alive session per hook, carrying the auth and identity headers."""
-        return new_session(self.config.headers, self.config.base_url)
+        return new_session(self.config.headers)
 
     # -- requests --------------------------------------------------------------------------------
 
