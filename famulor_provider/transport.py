@@ -183,7 +183,10 @@ class Watchdog:
                         attempt = heapq.heappop(heap)[2]
                         break
                     condition.wait(delay)
-            attempt.expire()
+            try:
+                attempt.expire()
+            except Exception:  # never let one attempt end the thread every deadline depends on
+                log.exception("The deadline watchdog could not expire an attempt")
 
 
 WATCHDOG = Watchdog()
