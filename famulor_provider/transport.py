@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import heapq
 import itertools
 import json
@@ -320,7 +321,10 @@ def new_session(headers: Mapping[str, str]) -> requests.Session:
 
 def is_loopback_url(url: str) -> bool:
     """Whether ``url`` names a loopback host (never reached through a proxy)."""
-    return is_loopback(urlsplit(url).hostname or "")
+    return _is_loopback_host(urlsplit(url).hostname or "")
+
+
+_is_loopback_host = functools.lru_cache(maxsize=64)(is_loopback)  # once per host, not per request
 
 
 def httpx_mounts(base_url: str) -> dict[str, None]:
