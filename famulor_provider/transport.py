@@ -2,11 +2,15 @@
 
 One rule (:func:`transport_error`) decides whether a failed request may have reached the API:
 only a failure that proves the request was never written counts as not sent: DNS failure,
-connection refused, connect timeout (by their error types), or a failure on a connection the
-transport watched before writing began (a TLS handshake or certificate failure). Both transports
-report how far they got: ``requests`` through connection classes that note when writing begins,
-``httpx`` through its trace hook. Without such a report (a mocked transport), anything but a
-connect failure counts as "may have been sent".
+connection refused, connect timeout (by their error types, also towards a proxy), or a failure on
+a connection the transport watched before writing began (a TLS handshake or certificate failure,
+a proxy refusing or dropping the ``CONNECT``). Both transports report how far they got:
+``requests`` through connection classes that note when writing begins (also in the pools of proxy
+managers), ``httpx`` through its trace hook (a proxy's ``CONNECT`` is not our request). Without
+such a report (a mocked transport), anything but a connect failure counts as "may have been sent".
+
+The sync deadline is kept by one watchdog thread per process (:data:`WATCHDOG`), which cuts the
+sockets an attempt still holds; a connection leaves its attempt when the pool takes it back.
 """
 
 from __future__ import annotations
@@ -14,20 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
+import heapq
+import itertools
 import json
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from famulor_provider.connection import is_loopback
 from famulor_provider.exceptions import (
     FamulorAPIError,
     FamulorAuthError,
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
     from famulor_provider.connection import FamulorConnectionConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
 POOL_SIZE = 16  # keep-alive connections per host: the campaign sends from up to 16 threads
@@ -72,32 +83,42 @@ class Attempt:
         self.tracked = False  # the transport reported its progress for this attempt
         self.request_started = False  # the first byte of the request may have been written
         self.expired = False
-        self._sockets: list[socket.socket] = []
+        self.finished = False
+        self._owned: list[tuple[object, socket.socket]] = []  # (connection, socket) it holds now
         self._lock = threading.Lock()
-        self._done = False
 
-    def watch(self, sock: socket.socket) -> None:
-        """Close ``sock`` when the deadline passes (at once if it already has)."""
+    def watch(self, connection: object, sock: socket.socket) -> bool:
+        """Cut ``sock`` (of ``connection``) when the deadline passes; False if it already has
+        (then ``sock`` is cut at once)."""
         with self._lock:
             self.tracked = True
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shutdown(sock)
+            if self.expired:
+                _shutdown(sock)
+                return False
+            if (connection, sock) not in self._owned:
+                self._owned.append((connection, sock))
+            return True
+
+    def release(self, connection: object) -> None:
+        """``connection`` goes back to the pool: the deadline no longer cuts its sockets (another
+        attempt may take it at once)."""
+        with self._lock:
+            self._owned = [(c, s) for c, s in self._owned if c is not connection]
 
     def expire(self) -> None:
-        """The deadline passed: cut the attempt's connections, so a blocked read returns now."""
+        """The deadline passed: cut the connections the attempt still holds, so a blocked read
+        returns now. Under the lock, so a connection released meanwhile is never cut."""
         with self._lock:
-            if self._done:
+            if self.finished:
                 return
             self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shutdown(sock)
+            for _, sock in self._owned:
+                _shutdown(sock)
 
     def finish(self) -> None:
         with self._lock:
-            self._done = True
+            self.finished = True
+            self._owned = []
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -105,6 +126,72 @@ def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):  # already closed
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
+
+class Watchdog:
+    """One daemon thread per process that expires sync attempts at their deadlines.
+
+    A heap of (deadline, attempt); the thread sleeps on a condition until the earliest deadline,
+    is woken only when a new attempt becomes the earliest, and drops finished attempts in a batch
+    when it wakes. Started on first use; a forked child starts with an empty one
+    (``os.register_at_fork``): the parent's thread and attempts do not exist there.
+    """
+
+    COMPACT_AT = 1024  # rebuild the heap without finished attempts past this size
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Attempt]] = []
+        self._order = itertools.count()  # ties: never compare two attempts
+        self._thread: threading.Thread | None = None
+        self._compact_at = self.COMPACT_AT
+
+    def add(self, attempt: Attempt) -> None:
+        """Expire ``attempt`` ``attempt.deadline`` seconds from now, unless it finishes first."""
+        entry = (time.monotonic() + attempt.deadline, next(self._order), attempt)
+        with self._condition:
+            heap = self._heap
+            if len(heap) >= self._compact_at:  # finished attempts far from the top: drop them
+                heap[:] = [e for e in heap if not e[2].finished]
+                heapq.heapify(heap)
+                self._compact_at = max(self.COMPACT_AT, 2 * len(heap))
+            heapq.heappush(heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="famulor-watchdog", daemon=True)
+                self._thread.start()
+            elif heap[0] is entry:  # earlier than what the thread sleeps for
+                self._condition.notify()
+
+    def pending(self) -> int:
+        """Attempts in the heap (finished ones not dropped yet included)."""
+        with self._condition:
+            return len(self._heap)
+
+    def _run(self) -> None:
+        condition, heap = self._condition, self._heap
+        while True:
+            with condition:
+                while True:
+                    while heap and heap[0][2].finished:
+                        heapq.heappop(heap)
+                    if not heap:
+                        condition.wait()
+                        continue
+                    delay = heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        attempt = heapq.heappop(heap)[2]
+                        break
+                    condition.wait(delay)
+            try:
+                attempt.expire()
+            except Exception:  # never let one attempt end the thread every deadline depends on
+                log.exception("The deadline watchdog could not expire an attempt")
+
+
+WATCHDOG = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._reset)
 
 _current = threading.local()
 
@@ -115,30 +202,38 @@ def _current_attempt() -> Attempt | None:
 
 @contextmanager
 def sync_attempt(deadline: float) -> Iterator[Attempt]:
-    """Run one ``requests`` attempt in this thread under a total deadline."""
+    """Run one ``requests`` attempt in this thread under a total deadline (the :data:`WATCHDOG`)."""
     attempt = Attempt(deadline)
-    timer = threading.Timer(deadline, attempt.expire)
-    timer.daemon = True
     _current.attempt = attempt
-    timer.start()
+    WATCHDOG.add(attempt)
     try:
         yield attempt
     finally:
         attempt.finish()
-        timer.cancel()
         _current.attempt = None
 
 
 class _DeadlineConnectionMixin:
-    """Registers the socket with the thread's current attempt and notes when writing begins."""
+    """Gives the socket to the thread's current attempt and notes when writing begins.
+
+    The attempt holds the connection until the pool takes it back (:class:`_DeadlinePoolMixin`).
+    """
 
     sock: socket.socket | None
+    _attempt: Attempt | None = None  # the attempt that holds this connection now
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
         attempt = _current_attempt()
+        if attempt is not None:  # from here on, a failure before request() was never sent
+            attempt.tracked = True  # (a refused or unreachable proxy, a refused CONNECT)
+        sock = super()._new_conn()  # type: ignore[misc]
         if attempt is not None:
-            attempt.watch(sock)
+            self._attempt = attempt
+            if not attempt.watch(self, sock):  # the deadline passed while resolving the name
+                sock.close()
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, f"the {attempt.deadline:g} s deadline passed before the connection was made"
+                )
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
@@ -146,10 +241,24 @@ class _DeadlineConnectionMixin:
             self.connect()  # type: ignore[attr-defined]  # refusal is told from a write failure
         attempt = _current_attempt()
         if attempt is not None:
-            if self.sock is not None:
-                attempt.watch(self.sock)
+            self._attempt = attempt
+            if self.sock is not None and not attempt.watch(self, self.sock):
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, f"the {attempt.deadline:g} s deadline passed before the request was written"
+                )
             attempt.request_started = True
         super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _DeadlinePoolMixin:
+    """Takes a connection back from its attempt before it goes back to the pool."""
+
+    def _put_conn(self, conn: Any) -> None:
+        attempt = getattr(conn, "_attempt", None)
+        if attempt is not None:
+            attempt.release(conn)
+            conn._attempt = None
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class _HTTPConnection(_DeadlineConnectionMixin, urllib3.connection.HTTPConnection):
@@ -160,33 +269,71 @@ class _HTTPSConnection(_DeadlineConnectionMixin, urllib3.connection.HTTPSConnect
     pass
 
 
-class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+class _HTTPConnectionPool(_DeadlinePoolMixin, urllib3.HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
 
-class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+class _HTTPSConnectionPool(_DeadlinePoolMixin, urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
 class DeadlineAdapter(HTTPAdapter):
-    """A ``requests`` adapter whose connections obey :func:`sync_attempt` deadlines."""
+    """A ``requests`` adapter whose connections obey :func:`sync_attempt` deadlines, direct or
+    through an HTTP(S) proxy (``requests`` keeps a pool manager per proxy apart from its own)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _HTTPConnectionPool,
-            "https": _HTTPSConnectionPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS managers bring their own pool classes
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
+
+
+class _Session(requests.Session):
+    """A session that never sends a request for a loopback URL through a proxy (the sandbox over
+    plain http: the key would reach the proxy in clear text)."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if is_loopback_url(url):  # explicit None entries win over the environment's, then drop out
+            proxies = {"http": None, "https": None, "all": None}
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
 def new_session(headers: Mapping[str, str]) -> requests.Session:
-    """A keep-alive ``requests`` session with deadline-aware connections and the given headers."""
-    session = requests.Session()
+    """A keep-alive ``requests`` session with deadline-aware connections and the given headers.
+
+    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), as ``requests`` reads
+    them, except for a loopback URL, which is always reached directly.
+    """
+    session = _Session()
     adapter = DeadlineAdapter(pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update(headers)
     return session
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names a loopback host (never reached through a proxy)."""
+    return _is_loopback_host(urlsplit(url).hostname or "")
+
+
+_is_loopback_host = functools.lru_cache(maxsize=64)(is_loopback)  # once per host, not per request
+
+
+def httpx_mounts(base_url: str) -> dict[str, None]:
+    """httpx ``mounts`` for ``base_url``: none (the environment's proxies apply), or for a
+    loopback host a direct route that wins over every proxy pattern."""
+    host = urlsplit(base_url).hostname or ""
+    if not is_loopback(host):
+        return {}
+    return {f"all://[{host}]" if ":" in host else f"all://{host}": None}
 
 
 def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
@@ -195,7 +342,10 @@ def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitabl
     async def trace(event_name: str, info: Mapping[str, Any]) -> None:
         attempt.tracked = True
         if event_name.endswith(".send_request_headers.started"):
-            attempt.request_started = True
+            request = info.get("request")
+            # A proxy's CONNECT goes through the same trace: only our own request counts.
+            if getattr(request, "method", None) != b"CONNECT":
+                attempt.request_started = True
 
     return trace
 
@@ -222,7 +372,11 @@ def transport_error(
     where = f"{endpoint} to {config.base_url}"
     sent = not connect_failure and (attempt.request_started or not attempt.tracked)
     if attempt.expired:
-        text = f"no complete answer within the {config.deadline:g} s deadline"
+        text = (
+            f"no complete answer within the {config.deadline:g} s deadline"
+            if sent
+            else f"the {config.deadline:g} s deadline passed before anything was sent"
+        )
     elif not sent:
         text = (
             f"no connection within {config.connect_timeout:g} s"
@@ -242,11 +396,16 @@ def requests_error(
 ) -> FamulorConnectionError:
     """:func:`transport_error` for a ``requests`` failure."""
     reason = getattr(err.args[0], "reason", None) if err.args else None
+    if isinstance(reason, urllib3.exceptions.ProxyError):  # no connection to the proxy, or no tunnel
+        reason = reason.original_error
+    # NewConnectionError (also DNS failures) is a ConnectTimeoutError: no connection was made.
     connect_failure = isinstance(err, requests.ConnectTimeout) or isinstance(
-        reason,
-        urllib3.exceptions.NewConnectionError,  # also DNS failures
+        reason, urllib3.exceptions.ConnectTimeoutError
     )
-    timed_out = isinstance(err, requests.Timeout)
+    timed_out = isinstance(err, requests.Timeout) or (
+        isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+        and not isinstance(reason, urllib3.exceptions.NewConnectionError)
+    )
     return transport_error(
         endpoint, config, attempt, err, timed_out=timed_out, connect_failure=connect_failure
     )
@@ -418,14 +577,15 @@ def may_have_sent(error: BaseException) -> bool:
     """Whether a failed send may still have been accepted (and billed) by the API.
 
     True when the request went out and no answer says it was refused: a deadline or read
-    timeout, a connection broken after sending, a 5xx without a documented error code, or a
+    timeout, a connection broken after sending, a 5xx without a documented error code, a
+    redirect (3xx: whatever answered may have processed the POST before redirecting it), or a
     success answer that cannot be read. A 4xx (or a mapped error code) is a refusal.
     """
     if isinstance(error, FamulorConnectionError):
         return error.request_sent
     if isinstance(error, FamulorResponseError):
         return True
-    return type(error) is FamulorAPIError and error.status_code >= 500
+    return type(error) is FamulorAPIError and (error.status_code >= 500 or 300 <= error.status_code < 400)
 
 
 _backoff = tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
@@ -458,6 +618,33 @@ def retry_policy(
         "before_sleep": _log_retry,
         "reraise": True,
     }
+
+
+def retry_sync(
+    attempt: Callable[[], T], retryable: Callable[[BaseException], bool], policy: Callable[[], dict[str, Any]]
+) -> T:
+    """Run ``attempt`` under the retry ``policy`` (:func:`retry_policy`), set up only once needed.
+
+    The first try runs bare: most requests succeed, and a ``tenacity.Retrying`` costs more than
+    the rest of the hook's own work per request. A retryable failure hands over to tenacity, whose
+    first try raises that same error, so waits, logs and the count of tries are tenacity's.
+    """
+    try:
+        return attempt()
+    except Exception as err:
+        if not retryable(err):
+            raise
+        first_error = err
+    replayed = False
+
+    def again() -> T:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first_error
+        return attempt()
+
+    return tenacity.Retrying(**policy())(again)
 
 
 async def run_with_deadline(attempt: Attempt, request: Awaitable[httpx.Response]) -> httpx.Response:

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import select
 import shutil
 import socket
 import ssl
@@ -36,6 +37,11 @@ JOIN_TIMEOUT = 5.0
 SENDER = SEED_SENDERS[0]  # sender 12, online
 SENDERS_BODY = json.dumps({"data": [SENDER]}).encode()
 SEND_BODY = json.dumps({"success": True, "message_id": 1001, "status": "queued"}).encode()
+DEADLINE = 2.0  # the connection's timeout in the hook's transport tests: the whole-attempt deadline
+GUARD = 12.0  # a hang fails the test after this instead of blocking the suite
+SEND_ARGS = (12, 1201, "+14155550101")  # sender, template, recipient of a send
+
+both_paths = pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 
 
 @dataclass(frozen=True)
@@ -349,11 +355,117 @@ class TlsServer(LoopbackServer):
         channel.close_after_client()
 
 
-def refused_url() -> tuple[str, socket.socket]:
-    """A loopback URL where nothing listens (the port stays bound, not listening, so it is not
-    reused while the caller holds the returned socket: close it after the test)."""
+class KeepAliveServer(LoopbackServer):
+    """Answers every request ``200 OK`` with the one-sender listing and keeps the connection open.
+
+    :param delays: seconds to wait before each answer, in order (then none): holds a request
+        in flight while a test does something else.
+    """
+
+    def __init__(self, delays: tuple[float, ...] = ()) -> None:
+        super().__init__()
+        self.delays = list(delays)
+
+    def serve(self, channel: _Channel) -> None:
+        while channel.read_request() is not None:
+            with self.lock:
+                delay = self.delays.pop(0) if self.delays else 0.0
+            if self.stopped.wait(delay):
+                return
+            channel.send(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(SENDERS_BODY)}\r\n\r\n".encode()
+                + SENDERS_BODY
+            )
+
+
+class RedirectServer(LoopbackServer):
+    """Reads each request, records it and answers ``303 See Other`` (the server may have processed
+    a POST before redirecting it: what a send must then report)."""
+
+    ANSWER = (
+        b"HTTP/1.1 303 See Other\r\nLocation: /api/elsewhere\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+
+    def serve(self, channel: _Channel) -> None:
+        channel.handshake()
+        if channel.read_request() is not None:
+            channel.send(self.ANSWER)
+            channel.close_after_client()
+
+
+class ConnectProxy(LoopbackServer):
+    """An HTTP proxy that tunnels ``CONNECT`` to one loopback port, whatever host the client names
+    (so the client can address the API by a name it never resolves, e.g. ``api.famulor.test``).
+
+    Records every request line it got (``lines``: ``"CONNECT api.famulor.test:443"``, or the
+    line of a plain-http request, which it answers 502).
+
+    :param target_port: the loopback port every tunnel leads to.
+    :param mode: ``"normal"``: tunnel; ``"refuse"``: answer the CONNECT ``403 Forbidden``;
+        ``"drop"``: read the CONNECT and close without an answer.
+    """
+
+    MODES = ("normal", "refuse", "drop")
+
+    def __init__(self, target_port: int, mode: str = "normal") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        super().__init__()
+        self.target_port = target_port
+        self.mode = mode
+        self.lines: list[str] = []
+
+    @property
+    def proxy_url(self) -> str:
+        """The value for ``HTTPS_PROXY`` / ``HTTP_PROXY``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve(self, channel: _Channel) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = channel.recv_raw()
+            if not chunk:
+                return
+            head += chunk
+        line = head.split(b"\r\n", 1)[0].decode("latin-1").rsplit(" ", 1)[0]
+        with self.lock:
+            self.lines.append(line)
+        closing = b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        if not line.startswith("CONNECT "):
+            channel.sock.sendall(b"HTTP/1.1 502 Bad Gateway" + closing)
+        elif self.mode == "refuse":
+            channel.sock.sendall(b"HTTP/1.1 403 Forbidden" + closing)
+        elif self.mode == "normal":
+            with socket.create_connection(("127.0.0.1", self.target_port), timeout=JOIN_TIMEOUT) as upstream:
+                channel.sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._relay(channel.sock, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Copy bytes both ways until either side closes or the proxy stops."""
+        upstream.settimeout(POLL)
+        peer = {client: upstream, upstream: client}
+        while not self.stopped.is_set():
+            readable, _, _ = select.select(list(peer), [], [], POLL)
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                peer[sock].sendall(data)
+
+
+def closed_port() -> socket.socket:
+    """A loopback socket bound to a port where nothing listens (connecting is refused). The port
+    is not reused while the caller holds the socket: close it after the test."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def refused_url() -> tuple[str, socket.socket]:
+    """A loopback URL where nothing listens, and its :func:`closed_port` socket (close it after)."""
+    sock = closed_port()
     return f"http://127.0.0.1:{sock.getsockname()[1]}/api", sock
 
 
@@ -397,3 +509,10 @@ def famulor_connection(url: str, *, timeout: float, max_retries: int, verify_ssl
     """The fields of a Famulor connection to ``url`` (for the ``airflow_conn`` fixture)."""
     extra = {"timeout": timeout, "max_retries": max_retries, "verify_ssl": verify_ssl}
     return {"conn_type": "famulor", "host": url, "password": "test-key", "extra": extra}
+
+
+def call_hook(hook: Any, name: str, asynchronous: bool, *args: Any) -> Any:
+    """Call the hook method ``name`` (or its ``a``-prefixed async twin), bounded by ``GUARD``."""
+    if asynchronous:
+        return run_within(GUARD, getattr(hook, f"a{name}")(*args))
+    return call_within(GUARD, getattr(hook, name), *args)

@@ -40,6 +40,7 @@ from famulor_provider.transport import (
     Attempt,
     data_list,
     httpx_error,
+    httpx_mounts,
     httpx_trace,
     is_retryable_read,
     is_retryable_send,
@@ -48,6 +49,7 @@ from famulor_provider.transport import (
     parse_response,
     requests_error,
     retry_policy,
+    retry_sync,
     run_with_deadline,
     sync_attempt,
 )
@@ -175,7 +177,7 @@ class FamulorHook(BaseHook):
             return parse_response(endpoint, response.status_code, response.headers, response.content, config)
 
         retries = config.max_retries if max_retries is None else max_retries
-        return tenacity.Retrying(**retry_policy(retries, retryable, self.sleep))(attempt)
+        return retry_sync(attempt, retryable, lambda: retry_policy(retries, retryable, self.sleep))
 
     async def arequest(
         self,
@@ -195,6 +197,7 @@ class FamulorHook(BaseHook):
         endpoint = f"{method} {path}"
         async with httpx.AsyncClient(
             headers=config.headers,
+            mounts=httpx_mounts(config.base_url),  # None: no proxy for that host
             timeout=httpx.Timeout(config.deadline, connect=config.connect_timeout),
             verify=config.verify_ssl,
             follow_redirects=False,
@@ -331,7 +334,7 @@ class FamulorHook(BaseHook):
         Send an approved template message (``POST /user/whatsapp/send``; billed, not idempotent).
 
         Retried only where the API cannot have accepted it (429, never sent). When the outcome is
-        unknown (the deadline passed, the connection broke after sending, a 5xx), raises
+        unknown (the deadline passed, the connection broke after sending, a 5xx, a redirect), raises
         ``FamulorDeliveryUnknownError`` and never retries.
 
         :param sender_id: the sender.

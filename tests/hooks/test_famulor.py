@@ -267,6 +267,22 @@ def test_server_errors_are_retried_then_succeed(hook: FamulorHook, sleeps: list[
     assert all(0 < s <= 30 for s in sleeps)
 
 
+def test_retries_are_logged_and_numbered_from_the_first_failure(
+    hook: FamulorHook, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first try runs outside tenacity; its failure is replayed as tenacity's try 1.
+    with requests_mock.Mocker() as m, caplog.at_level(logging.WARNING, logger="famulor_provider"):
+        m.get(SENDERS_URL, [{"status_code": 503}, {"status_code": 502}, {"json": {"data": SENDERS}}])
+        assert len(hook.list_whatsapp_senders()) == 2
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert [text.split("; ")[-1].split(" in ")[0] for text in retries] == ["retry 1", "retry 2"]
+    assert "HTTP 503" in retries[0]
+    assert "HTTP 502" in retries[1]
+    assert m.call_count == 3
+    assert len(sleeps) == 2
+    assert 1 <= sleeps[0] <= 2 <= sleeps[1] <= 3
+
+
 def test_server_error_left_after_retries(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> None:
     set_conn(monkeypatch, extra={"max_retries": 3})
     with requests_mock.Mocker() as m, pytest.raises(FamulorAPIError) as err:

@@ -12,19 +12,21 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from loopback_servers import (
+    DEADLINE,
+    SEND_ARGS,
     DripServer,
+    RedirectServer,
     TlsServer,
-    call_within,
-    famulor_connection,
+    both_paths,
+    call_hook,
     refused_url,
-    run_within,
 )
 
 from famulor_provider.exceptions import (
+    FamulorAPIError,
     FamulorConnectionError,
     FamulorDeliveryUnknownError,
     FamulorError,
@@ -33,52 +35,17 @@ from famulor_provider.exceptions import (
 from famulor_provider.hooks.famulor import FamulorHook
 
 # The servers' certificates are self-signed: verify_ssl is off on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+    pytest.mark.usefixtures("no_waits"),
+]
 
-DEADLINE = 2.0  # the connection's timeout: the whole-attempt deadline
 SLACK = 4.0  # loose upper bound on top of the deadlines
-GUARD = 12.0  # a hang fails the test after this instead of blocking the suite
-SEND_ARGS = (12, 1201, "+14155550101")
-
-
-@pytest.fixture(autouse=True)
-def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries and sends do not sleep."""
-
-    async def no_sleep(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(FamulorHook, "sleep", staticmethod(lambda seconds: None))
-    monkeypatch.setattr(FamulorHook, "async_sleep", staticmethod(no_sleep))
-    # A pacer of the hook's own class (whatever its interface) with no gap between sends.
-    monkeypatch.setattr(FamulorHook, "send_pacer", type(FamulorHook.send_pacer)(0.0))
-
-
-@pytest.fixture
-def hook_for(airflow_conn: Callable[..., str]) -> Callable[..., FamulorHook]:
-    """``hook_for(url, max_retries=0, verify_ssl=False)``: a hook on a connection to ``url``."""
-
-    def make(url: str, *, max_retries: int = 0, verify_ssl: bool = False) -> FamulorHook:
-        fields = famulor_connection(url, timeout=DEADLINE, max_retries=max_retries, verify_ssl=verify_ssl)
-        airflow_conn("famulor_default", **fields)
-        return FamulorHook()
-
-    return make
-
-
-def call(hook: FamulorHook, name: str, asynchronous: bool, *args: Any) -> Any:
-    """Call the hook method ``name`` (or its ``a``-prefixed async twin), bounded by ``GUARD``."""
-    if asynchronous:
-        return run_within(GUARD, getattr(hook, f"a{name}")(*args))
-    return call_within(GUARD, getattr(hook, name), *args)
 
 
 def request_sent(error: BaseException) -> bool | None:
     """The ``request_sent`` of an error, or of its cause (a delivery-unknown error wraps it)."""
     return getattr(error, "request_sent", getattr(error.__cause__, "request_sent", None))
-
-
-both_paths = pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 
 
 # -- deadlines ---------------------------------------------------------------------------------
@@ -98,7 +65,7 @@ def test_dripping_read_times_out_at_the_deadline_and_is_retried(
         started = time.monotonic()
 
         with pytest.raises(FamulorTimeoutError) as caught:
-            call(hook, "list_whatsapp_senders", asynchronous)
+            call_hook(hook, "list_whatsapp_senders", asynchronous)
 
         elapsed = time.monotonic() - started
         attempts = max_retries + 1
@@ -116,7 +83,7 @@ def test_dripping_send_is_delivery_unknown_and_never_retried(
         started = time.monotonic()
 
         with pytest.raises(FamulorDeliveryUnknownError) as caught:
-            call(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+            call_hook(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
 
         assert time.monotonic() - started < DEADLINE + SLACK
         assert server.methods() == ["POST"]
@@ -140,7 +107,7 @@ def test_tls_error_after_the_request_makes_a_send_delivery_unknown(
         hook = hook_for(server.url, max_retries=3)
 
         with pytest.raises(FamulorError) as caught:
-            call(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+            call_hook(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
 
         assert server.methods() == ["POST"]  # one billed POST, not max_retries + 1
         assert isinstance(caught.value, FamulorDeliveryUnknownError)
@@ -155,7 +122,7 @@ def test_tls_error_after_the_request_makes_a_read_retried_as_sent(
         hook = hook_for(server.url, max_retries=2)
 
         with pytest.raises(FamulorConnectionError) as caught:
-            call(hook, "list_whatsapp_senders", asynchronous)
+            call_hook(hook, "list_whatsapp_senders", asynchronous)
 
         assert server.methods() == ["GET"] * 3
         assert caught.value.request_sent is True
@@ -171,7 +138,7 @@ def test_tls_handshake_failure_is_never_sent_and_a_send_is_retried(
         hook = hook_for(server.url, max_retries=2, verify_ssl=fault == "untrusted_certificate")
 
         with pytest.raises(FamulorConnectionError) as caught:
-            call(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+            call_hook(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
 
         assert not isinstance(caught.value, FamulorDeliveryUnknownError)
         assert caught.value.request_sent is False
@@ -187,7 +154,7 @@ def test_connection_refused_is_never_sent(hook_for: Callable[..., FamulorHook], 
         hook = hook_for(url, max_retries=1)
 
         with pytest.raises(FamulorConnectionError) as caught:
-            call(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+            call_hook(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
 
     assert not isinstance(caught.value, FamulorDeliveryUnknownError)
     assert caught.value.request_sent is False
@@ -198,3 +165,38 @@ def test_refused_url_really_refuses() -> None:
     with closed_port, pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", closed_port.getsockname()[1]), timeout=2)
     assert url.startswith("http://127.0.0.1:")
+
+
+# -- redirects ---------------------------------------------------------------------------------
+
+
+@both_paths
+def test_redirect_answering_a_send_is_delivery_unknown_and_never_retried(
+    hook_for: Callable[..., FamulorHook], asynchronous: bool
+) -> None:
+    # Whatever answered 303 may have processed the POST: not a refusal, so no retry and no
+    # "nothing was sent" for a campaign (which would send it again on its next try).
+    with RedirectServer() as server:
+        hook = hook_for(server.url, max_retries=3)
+
+        with pytest.raises(FamulorDeliveryUnknownError) as caught:
+            call_hook(hook, "send_whatsapp_template", asynchronous, *SEND_ARGS)
+
+        assert server.methods() == ["POST"]
+        assert server.requests[0].path == "/api/user/whatsapp/send"
+        assert caught.value.status_code == 303
+        assert "redirected (HTTP 303)" in str(caught.value)
+
+
+@both_paths
+def test_redirect_answering_a_read_is_an_api_error_not_followed(
+    hook_for: Callable[..., FamulorHook], asynchronous: bool
+) -> None:
+    with RedirectServer() as server:
+        hook = hook_for(server.url, max_retries=2)
+
+        with pytest.raises(FamulorAPIError, match=r"redirected \(HTTP 303\)") as caught:
+            call_hook(hook, "list_whatsapp_senders", asynchronous)
+
+        assert caught.value.status_code == 303
+        assert server.methods() == ["GET"]  # neither followed nor retried
