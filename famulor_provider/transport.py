@@ -316,7 +316,14 @@ def new_session(headers: Mapping[str, str]) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update(headers)
+    # An auth of its own keeps requests from putting a ~/.netrc login for the API's host in the
+    # place of the Bearer header (it reads ~/.netrc for any session without auth).
+    session.auth = _keep_bearer_header
     return session
+
+
+def _keep_bearer_header(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 def is_loopback_url(url: str) -> bool:

@@ -166,6 +166,19 @@ def test_list_senders_request_and_model(hook: FamulorHook) -> None:
     assert [s.to_dict() for s in senders] == SENDERS
 
 
+def test_a_netrc_login_never_replaces_the_bearer_header(
+    hook: FamulorHook, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine app.famulor.de login someone password other-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with requests_mock.Mocker() as m:
+        m.get(SENDERS_URL, json={"data": []})
+        hook.list_whatsapp_senders()
+    assert m.request_history[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
 def test_status_all_and_tolerated_values(hook: FamulorHook) -> None:
     odd = {
         "id": "33",
