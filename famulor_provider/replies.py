@@ -190,3 +190,64 @@ class ReplyWatch:
 def conversation_for(conversations: Iterable[Any], watch: ReplyWatch) -> Any:
     """The listed conversation of ``watch`` (sender and customer), or ``None`` when it does not exist yet."""
     return next((c for c in conversations if c.is_between(*watch.key)), None)
+
+
+@dataclass
+class ReplyProgress:
+    """What a waiter (poke or trigger) has seen of one conversation between polls.
+
+    :param watch: the awaited reply.
+    """
+
+    watch: ReplyWatch
+    read_count: int = 0  # history length at the last read
+    logged: set[int] | None = None
+    last_history: ConversationHistory | None = None
+
+    def needs_read(self, conversation: Any, *, exact: bool) -> bool:
+        """Whether the listed ``conversation`` (``None``: not listed) may hold a new reply.
+
+        Learns an unknown baseline from the listing where it can: a conversation that an exact
+        (filtered) listing does not show has none yet (baseline 0); a listed one, its
+        ``message_count``.
+
+        :param conversation: the listing's conversation of the watch, or ``None``.
+        :param exact: the listing was filtered by sender and customer (absence is proof).
+        """
+        if conversation is None:
+            if self.watch.baseline is None and exact:
+                self.watch.baseline = 0
+            return False
+        count = conversation.message_count
+        if count is None:
+            return True  # the API left the count out: only a read can tell
+        if self.watch.baseline is None:
+            self.watch.baseline = self.read_count = count
+            log.info(
+                "Counting the replies of %s after position %d (the history's length at the first read)",
+                phone_for_log(self.watch.recipient_phone),
+                count,
+            )
+            return False
+        return count > max(self.watch.baseline, self.read_count)
+
+    def on_history(self, history: ConversationHistory) -> dict[str, Any] | None:
+        """The result when ``history`` holds the awaited reply, else ``None`` (see ``ReplyWatch.reply``)."""
+        if self.logged is None:
+            self.logged = set()
+        result = self.watch.reply(history, self.logged)
+        self.read_count, self.last_history = len(history.messages), history
+        return result
+
+
+def sender_phone_of(senders: Iterable[Any], sender_id: int, famulor_conn_id: str) -> str:
+    """The business number of ``sender_id``; an id not in the account fails at once.
+
+    :param senders: every sender of the account (``status=all``).
+    :param sender_id: the sender.
+    :param famulor_conn_id: the connection, named in the error.
+    """
+    from famulor_provider.models import SenderCriteria, matching_senders
+
+    (sender,) = matching_senders(SenderCriteria(sender_ids=(sender_id,)), senders, famulor_conn_id)
+    return str(sender.phone_number)
