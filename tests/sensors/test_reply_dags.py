@@ -212,3 +212,35 @@ def test_reschedule_mode_needs_after() -> None:
         WhatsAppReplySensor(task_id="reply", sender_id=12, recipient_phone=PHONE, mode="reschedule")
     assert err.value.field == "after"
     assert "Airflow clears a task's XCom at each reschedule" in str(err.value)
+
+
+EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_whatsapp_confirmation.py"
+
+
+@pytest.mark.parametrize(
+    ("answer", "branch", "skipped"), [(" Yes! ", "confirmed", "declined"), ("no", "declined", "confirmed")]
+)
+def test_the_confirmation_example_branches_on_the_answer(
+    run_dag: Any,
+    famulor_sandbox: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    trigger_runs: list[str],
+    answer: str,
+    branch: str,
+    skipped: str,
+) -> None:
+    monkeypatch.setenv("FAMULOR_EXAMPLE_POKE_INTERVAL", "0.2")
+    famulor_sandbox.customer_reply = (answer, 2.0)
+
+    result = run_dag(EXAMPLE_DAG, "famulor_whatsapp_confirmation")
+
+    assert result.states == {
+        "ask": "success",
+        "answer": "success",
+        "decide": "success",
+        branch: "success",
+        skipped: "skipped",
+    }
+    assert result.xcom("answer")["text"] == answer
+    assert result.xcom(branch).startswith(f"{branch} by the customer ({answer!r})")
+    assert trigger_runs == [PHONE]
