@@ -121,6 +121,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 # tests/system/deployment.py), on 127.0.0.1 in a temporary home, every process stopped by its id:
 # - the famulor_wait_for_sender example DAG (scheduler + triggerer, + api-server and dag-processor
 #   on Airflow 3): the sensor deferred and resumed. About 30-60 s per line.
+# - the famulor_whatsapp_confirmation example DAG: the reply sensor deferred, the triggerer polled
+#   the conversations, and it resumed in the same try when the sandbox's customer answered.
+#   About 45-80 s per line.
 # - latest line only: the CeleryExecutor with Debian's redis-server (installed with apt-get if
 #   missing) and two workers; the worker running a task is SIGKILLed mid-try and the retry
 #   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
