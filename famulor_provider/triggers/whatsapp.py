@@ -30,12 +30,12 @@ from famulor_provider.models import (
     WhatsAppSender,
     matching_senders,
 )
-from famulor_provider.polling import POLLING_BUDGET
-from famulor_provider.replies import ReplyProgress, ReplyWatch
 from famulor_provider.validation import normalize_phone
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from famulor_provider.replies import ReplyProgress, ReplyWatch
 
 DEFAULT_POLL_INTERVAL = 300.0  # Famulor syncs sender status with Meta every 5 minutes
 DEFAULT_REPLY_POLL_INTERVAL = 60.0
@@ -316,8 +316,10 @@ class ConversationPoller:
         return await asyncio.shield(task)
 
     async def _slot(self) -> None:
+        from famulor_provider import polling
+
         config = await self.hook.aget_config()
-        await POLLING_BUDGET.acquire(self.famulor_conn_id, config.poll_requests_per_minute)
+        await polling.POLLING_BUDGET.acquire(self.famulor_conn_id, config.poll_requests_per_minute)
         self.requests += 1
 
     async def _read(self, conversation_id: str) -> ConversationHistory:
@@ -351,7 +353,9 @@ class ConversationPoller:
         interval = min(i for _, i in self.watchers.values()) if self.watchers else DEFAULT_POLL_INTERVAL
         # What one interval costs: this round's listings plus the reads the last round led to.
         cost, self._spent_at_round = self.requests - self._spent_at_round, self.requests
-        stretched = POLLING_BUDGET.interval(
+        from famulor_provider import polling
+
+        stretched = polling.POLLING_BUDGET.interval(
             self.famulor_conn_id, cost, interval, config.poll_requests_per_minute
         )
         self._next_round_at = started + stretched
@@ -468,7 +472,7 @@ class WhatsAppReplyTrigger(BaseTrigger):
 
     async def _watch(self) -> ReplyWatch:
         """The awaited reply, with the sender's number looked up (shared, hourly) when needed."""
-        from famulor_provider.replies import baseline_from_send, sender_phone_of
+        from famulor_provider.replies import ReplyWatch, baseline_from_send, sender_phone_of
 
         phone = self.sender_phone
         if phone is None:
@@ -543,6 +547,8 @@ class WhatsAppReplyTrigger(BaseTrigger):
         self, poller: ConversationPoller, token: int, progress: ReplyProgress | None, after_round: int
     ) -> tuple[ReplyProgress, int, dict[str, Any] | None]:
         """One poll: (what was seen, the round it came from, the reply or ``None``)."""
+        from famulor_provider.replies import ReplyProgress
+
         if progress is None:
             progress = ReplyProgress(await self._watch())
             poller.register(token, progress.watch.key, self.poll_interval)

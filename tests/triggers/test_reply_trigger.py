@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from famulor_fixtures import set_sandbox_conn
 
+from famulor_provider import polling
 from famulor_provider.exceptions import FamulorValidationError
 from famulor_provider.polling import PollingBudget
 from famulor_provider.testing import SANDBOX_API_KEY
-from famulor_provider.triggers import whatsapp as trigger_module
 from famulor_provider.triggers.whatsapp import WhatsAppReplyTrigger, conversation_poller
 
 SENDER = "+14155551234"  # sender 12
@@ -29,7 +29,7 @@ def unpaced(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> PollingBud
     extra = {"timeout": 5, "max_retries": 0, "poll_requests_per_minute": 60000}
     set_sandbox_conn(monkeypatch, famulor_sandbox, extra=extra)
     budget = PollingBudget(burst_seconds=1e9)
-    monkeypatch.setattr(trigger_module, "POLLING_BUDGET", budget)
+    monkeypatch.setattr(polling, "POLLING_BUDGET", budget)
     return budget
 
 
