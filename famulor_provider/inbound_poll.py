@@ -1,0 +1,395 @@
+"""One poll of an account's WhatsApp conversations for customer messages the cursor has not covered.
+
+A poll walks ``GET /user/conversations`` (``per_page=100``) and compares each conversation's
+``message_count`` with what was last turned into events (the :class:`InboundCursor`, plus what
+was emitted and not yet acknowledged); only a conversation whose count grew is read with
+``GET /conversations/{uuid}``. A poll therefore costs the listing's pages plus one read per
+changed conversation, and does not depend on the listing's order.
+
+Early stop: when every page of the last full pass was ordered by ``updated_at`` (most recent
+first), a poll stops after the first page on which no conversation changed; every
+``full_pass_every``-th poll walks every page anyway, so a listing that only seemed ordered
+delays a message by at most that many polls, never loses it.
+
+The cursor only moves through :meth:`InboundPoller.acknowledge` (the events Airflow stored);
+:meth:`InboundPoller.release` forgets an emitted update so that the next poll reads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from famulor_provider.exceptions import FamulorError
+from famulor_provider.inbound_cursor import CursorStore, InboundCursor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from famulor_provider.hooks.famulor import FamulorHook
+    from famulor_provider.inbound_cursor import StateStore
+
+log = logging.getLogger(__name__)
+
+PER_PAGE = 100  # the API's maximum
+DEFAULT_FULL_PASS_EVERY = 10
+
+
+@dataclass(frozen=True)
+class ConversationUpdate:
+    """
+    The messages ``[start, end)`` of one conversation, as read after its ``message_count`` grew.
+
+    ``messages`` holds the customer's messages (``role: "user"``) of that range only, each a
+    dict with ``message_index`` and ``text``; the range may hold none (only assistant messages),
+    and still moves the cursor once acknowledged.
+    """
+
+    conversation_id: str
+    start: int
+    end: int
+    sender_phone: str | None
+    sender_name: str | None
+    customer_phone: str | None
+    customer_name: str | None
+    variables: dict[str, Any] | None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def events(self) -> list[dict[str, Any]]:
+        """One payload per customer message, with a stable ``dedupe_key``."""
+        return [
+            {
+                "conversation_id": self.conversation_id,
+                "sender_phone": self.sender_phone,
+                "sender_name": self.sender_name,
+                "customer_phone": self.customer_phone,
+                "customer_name": self.customer_name,
+                "text": message["text"],
+                "message_index": message["message_index"],
+                "variables": self.variables,
+                "dedupe_key": f"{self.conversation_id}:{message['message_index']}",
+            }
+            for message in self.messages
+        ]
+
+
+@dataclass
+class PollStats:
+    """What the last poll cost and saw."""
+
+    pages: int = 0
+    reads: int = 0
+    conversations: int = 0
+    full_pass: bool = False
+    stopped_early: bool = False
+
+
+class InboundPoller:
+    """
+    Find new customer messages in one scope (connection, optional sender, optional customer).
+
+    :param hook: the Famulor hook (async methods are used).
+    :param cursor: the acknowledged counts (from the store), or ``None`` for a first start.
+    :param sender_phone: only conversations of this business number (``whatsapp_sender_phone``).
+    :param customer_phone: only conversations with this customer.
+    :param full_pass_every: every n-th poll walks every page, even when early stop is allowed.
+    """
+
+    def __init__(
+        self,
+        hook: FamulorHook,
+        cursor: InboundCursor | None = None,
+        *,
+        sender_phone: str | None = None,
+        customer_phone: str | None = None,
+        full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+    ) -> None:
+        self.hook = hook
+        self.cursor = cursor
+        self.sender_phone = sender_phone
+        self.customer_phone = customer_phone
+        self.full_pass_every = max(1, int(full_pass_every))
+        # Emitted but not acknowledged: conversation -> end of the last update emitted.
+        self.pending: dict[str, int] = {}
+        self.ordered_by_activity = False  # proven by the last full pass
+        self.polls = 0
+        self.stats = PollStats()
+
+    def _filters(self) -> dict[str, Any]:
+        return {
+            "type": "whatsapp",
+            "whatsapp_sender_phone": self.sender_phone,
+            "customer_phone": self.customer_phone,
+            "per_page": PER_PAGE,
+            "max_retries": 0,  # the poll loop is the retry, honouring Retry-After
+        }
+
+    async def take_baseline(self) -> InboundCursor:
+        """Record every conversation's current count as history (a first start: no events)."""
+        cursor = InboundCursor()
+        stats = PollStats(full_pass=True)
+        async for page in self.hook.aiter_conversation_pages(**self._filters()):
+            stats.pages += 1
+            for conversation in page:
+                stats.conversations += 1
+                cursor.put(conversation.id, int(conversation.message_count or 0))
+        self.cursor = cursor
+        self.stats = stats
+        return cursor
+
+    def seen(self, conversation_id: str) -> int:
+        """
+        The count up to which a conversation's messages were emitted (acknowledged or not).
+
+        :param conversation_id: the conversation's ``id``.
+        """
+        if conversation_id in self.pending:
+            return self.pending[conversation_id]
+        assert self.cursor is not None
+        return self.cursor.get(conversation_id) or 0
+
+    async def poll(self) -> AsyncIterator[ConversationUpdate]:
+        """Walk the listing and yield an update per conversation whose count grew, as found."""
+        if self.cursor is None:
+            raise RuntimeError("take_baseline() or a stored cursor must come before poll()")
+        self.polls += 1
+        full = not self.ordered_by_activity or self.polls % self.full_pass_every == 0
+        stats = self.stats = PollStats(full_pass=full)
+        ordered = True
+        last_updated: str | None = None
+        async for page in self.hook.aiter_conversation_pages(**self._filters()):
+            stats.pages += 1
+            changed = []
+            for conversation in page:
+                stats.conversations += 1
+                updated = conversation.updated_at
+                if updated is None or (last_updated is not None and updated > last_updated):
+                    ordered = False
+                last_updated = updated if updated is not None else last_updated
+                count = int(conversation.message_count or 0)
+                seen = self.seen(conversation.id)
+                if count > seen:
+                    changed.append((conversation.id, seen))
+                elif count < seen and conversation.id not in self.pending:
+                    # Fewer messages than covered (the history was cut): start over from there.
+                    self.cursor.put(conversation.id, count)
+            for conversation_id, seen in changed:
+                update = await self._read(conversation_id, seen)
+                stats.reads += 1
+                if update is not None:
+                    self.pending[conversation_id] = update.end
+                    yield update
+            if not full and ordered and not changed:
+                stats.stopped_early = True
+                break
+        if full:
+            self.ordered_by_activity = ordered
+
+    async def _read(self, conversation_id: str, seen: int) -> ConversationUpdate | None:
+        history = await self.hook.aget_conversation(conversation_id)
+        end = len(history.messages)
+        if end <= seen:
+            return None
+        return ConversationUpdate(
+            conversation_id=conversation_id,
+            start=seen,
+            end=end,
+            sender_phone=history.sender_phone,
+            sender_name=getattr(history, "sender_name", None),
+            customer_phone=history.customer_phone,
+            customer_name=history.customer_name,
+            variables=history.variables,
+            messages=[
+                {"message_index": message.index, "text": message.content}
+                for message in history.messages[seen:end]
+                if message.role == "user"
+            ],
+        )
+
+    def acknowledge(self, conversation_id: str, start: int, end: int) -> bool:
+        """
+        Move the cursor over an update whose events Airflow stored; return whether it moved.
+
+        Only a contiguous update moves it (the cursor is at ``start``): after a released update
+        the cursor stays behind, and the next poll reads the conversation again from there.
+
+        :param conversation_id: the update's conversation.
+        :param start: the update's ``start``.
+        :param end: the update's ``end``.
+        """
+        assert self.cursor is not None
+        if (self.cursor.get(conversation_id) or 0) != start:
+            self.release(conversation_id)
+            return False
+        self.cursor.put(conversation_id, end)
+        if self.pending.get(conversation_id) == end:
+            del self.pending[conversation_id]
+        return True
+
+    def release(self, conversation_id: str) -> None:
+        """
+        Forget what was emitted for a conversation: the next poll reads it again from the cursor.
+
+        Called for an update whose events were not all stored; a later update of the same
+        conversation still in flight then cannot move the cursor (it is not contiguous).
+
+        :param conversation_id: the update's conversation.
+        """
+        self.pending.pop(conversation_id, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The poll loop, as the producer of an Airflow 3.3 shared stream in ack mode (and for run()).
+
+try:  # Airflow 3.3+
+    from airflow.triggers.shared_stream import SharedStreamProducer as _ProducerBase
+except ImportError:  # Airflow 2.11 - 3.2: no shared streams; run() drives the producer itself
+    _ProducerBase = object  # type: ignore[assignment,misc]
+
+
+class InboundProducer(_ProducerBase):
+    """
+    Poll one scope forever: yield ``(update, (conversation_id, start, end))``; move the cursor at advance.
+
+    ``stores()`` returns the asset state store accessors to keep the cursor in (read at start,
+    written after each advance); with none, the cursor lives in memory only.
+
+    :param famulor_conn_id: the Famulor connection.
+    :param sender_phone: the scope's business number, or ``None``.
+    :param customer_phone: the scope's customer, or ``None``.
+    :param poll_interval: seconds from the start of one poll to the start of the next.
+    :param stores: returns the state store accessors of the assets watched now.
+    :param key_prefix: the cursor's key prefix in the stores.
+    """
+
+    def __init__(
+        self,
+        *,
+        famulor_conn_id: str,
+        sender_phone: str | None,
+        customer_phone: str | None,
+        poll_interval: float,
+        stores: Callable[[], list[StateStore]],
+        key_prefix: str,
+        full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+    ) -> None:
+        self.famulor_conn_id = famulor_conn_id
+        self.sender_phone = sender_phone
+        self.customer_phone = customer_phone
+        self.poll_interval = poll_interval
+        self.full_pass_every = full_pass_every
+        self._stores = stores
+        self.cursor_store = CursorStore([], key_prefix)
+        self.poller: InboundPoller | None = None
+
+    def _new_poller(self) -> InboundPoller:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        return InboundPoller(
+            FamulorHook(self.famulor_conn_id),
+            sender_phone=self.sender_phone,
+            customer_phone=self.customer_phone,
+            full_pass_every=self.full_pass_every,
+        )
+
+    async def _wait_after(self, err: FamulorError) -> float:
+        """Seconds to wait after a failed poll, or raise when waiting cannot fix it."""
+        from famulor_provider.transport import MAX_RETRY_AFTER, is_retryable_read
+
+        if not is_retryable_read(err):
+            raise err
+        wait = self.poll_interval
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:  # the API said when: polling sooner only earns another 429
+            wait = max(wait, min(float(retry_after), MAX_RETRY_AFTER))
+        log.warning("Famulor is unavailable for now (%s); next inbound poll in %g s", err, wait)
+        return wait
+
+    async def start(self) -> InboundPoller:
+        """Load the stored cursor, or take the baseline (history) and store it."""
+        poller = self.poller = self._new_poller()
+        self.cursor_store.stores = self._stores()
+        if not self.cursor_store.stores:
+            log.warning(
+                "No asset state store for the inbound cursor: it lives in memory only, so a restart "
+                "treats the messages that arrived while the trigger was down as history"
+            )
+        poller.cursor = await self.cursor_store.load()
+        if poller.cursor is not None:
+            log.info("Inbound cursor loaded: %d conversation(s)", len(poller.cursor))
+            return poller
+        while True:
+            try:
+                cursor = await poller.take_baseline()
+                break
+            except FamulorError as err:
+                await asyncio.sleep(await self._wait_after(err))
+        log.info("Inbound watcher started: %d conversation(s) exist, their messages are history", len(cursor))
+        cursor.mark_all_dirty()
+        await self.save()
+        return poller
+
+    async def open_stream(self) -> AsyncIterator[tuple[ConversationUpdate, tuple[str, int, int]]]:
+        """Poll every ``poll_interval`` seconds and yield each update with its advance payload."""
+        poller = self.poller or await self.start()
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            wait = self.poll_interval
+            updates = 0
+            try:
+                async for update in poller.poll():
+                    updates += 1
+                    yield update, (update.conversation_id, update.start, update.end)
+            except FamulorError as err:
+                wait = await self._wait_after(err)
+            elapsed = loop.time() - started
+            stats = poller.stats
+            log.info(
+                "Inbound poll: %d page(s), %d conversation(s) read, %d with new messages, %.2f s%s",
+                stats.pages,
+                stats.reads,
+                updates,
+                elapsed,
+                " (stopped early: listing ordered by activity)" if stats.stopped_early else "",
+            )
+            if elapsed > wait:
+                log.warning(
+                    "The inbound poll took %.1f s, longer than poll_interval=%g s: the next starts now",
+                    elapsed,
+                    self.poll_interval,
+                )
+            await asyncio.sleep(max(0.0, wait - elapsed))
+
+    def settle(self, payload: tuple[str, int, int], stored: bool) -> None:
+        """
+        Move the cursor over an update whose events were stored, or forget it so it is read again.
+
+        :param payload: the advance payload ``(conversation_id, start, end)``.
+        :param stored: whether every event of the update was stored.
+        """
+        assert self.poller is not None
+        conversation_id, start, end = payload
+        if stored:
+            self.poller.acknowledge(conversation_id, start, end)
+        else:
+            self.poller.release(conversation_id)
+
+    async def save(self) -> None:
+        """Write the buckets of the cursor that changed to every current store."""
+        assert self.poller is not None and self.poller.cursor is not None
+        self.cursor_store.stores = self._stores()
+        if self.cursor_store.stores:
+            await self.cursor_store.save(self.poller.cursor)
+
+    async def advance(self, batch: Sequence[Any]) -> None:
+        """
+        Airflow stored the events of these updates (``outcome.is_clean``), or did not: settle, save.
+
+        :param batch: Airflow's ``AdvanceItem`` list, in fan-out order.
+        """
+        for item in batch:
+            self.settle(tuple(item.broker_payload), item.outcome.is_clean)
+        await self.save()
