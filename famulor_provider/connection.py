@@ -9,7 +9,12 @@ from urllib.parse import urlsplit
 
 from famulor_provider import __version__
 from famulor_provider.exceptions import FamulorValidationError
-from famulor_provider.get_provider_info import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from famulor_provider.get_provider_info import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_REQUESTS_PER_MINUTE,
+    DEFAULT_TIMEOUT,
+)
 from famulor_provider.validation import check_flag
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ class FamulorConnectionConfig:
     deadline: float
     max_retries: int
     verify_ssl: bool
+    poll_requests_per_minute: float = DEFAULT_POLL_REQUESTS_PER_MINUTE
 
     @property
     def connect_timeout(self) -> float:
@@ -122,6 +128,14 @@ def connection_config(
     if max_retries is None:
         max_retries = _extra(conn, "max_retries")
     verify_ssl = _extra(conn, "verify_ssl")
+    poll_rate = _extra(conn, "poll_requests_per_minute")
+    poll_rate = (
+        DEFAULT_POLL_REQUESTS_PER_MINUTE
+        if poll_rate is None
+        else _as_number(poll_rate, "poll_requests_per_minute", float)
+    )
+    if poll_rate == 0:
+        raise FamulorValidationError("poll_requests_per_minute", "must be more than 0 (the default is 50)")
     deadline = DEFAULT_TIMEOUT if timeout is None else _as_number(timeout, "timeout", float)
     if deadline == 0:
         raise FamulorValidationError("timeout", "must be more than 0 seconds")
@@ -134,4 +148,5 @@ def connection_config(
         if max_retries is None
         else _as_number(max_retries, "max_retries", int),
         verify_ssl=True if verify_ssl is None else check_flag(verify_ssl, "verify_ssl"),
+        poll_requests_per_minute=poll_rate,
     )

@@ -82,6 +82,10 @@ class FamulorRateLimitError(FamulorAPIError):
         self.retry_after = retry_after
 
 
+class FamulorConversationNotFoundError(FamulorAPIError):
+    """404 on ``GET /conversations/{uuid}``: no conversation has that id (in this account)."""
+
+
 class FamulorResponseError(FamulorError):
     """A 2xx answer that is not the documented shape (HTML, invalid JSON, no ``data`` list, ...)."""
 

@@ -9,6 +9,9 @@ from famulor_provider import __version__
 DEFAULT_BASE_URL = "https://app.famulor.de/api"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 5
+# Polling for replies spends at most half of the account's documented 100 requests per minute
+# (connection extra ``poll_requests_per_minute``; not in the form, set it in the extra JSON).
+DEFAULT_POLL_REQUESTS_PER_MINUTE = 50.0
 
 # The Famulor connection form. Airflow 3.2+ draws it from this data without importing the
 # hook; FamulorHook's legacy classmethods describe the same form for 2.11 and 3.1.

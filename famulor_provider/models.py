@@ -6,6 +6,7 @@ the API adds values (``connecting``, ``NA``, ...) that a provider release cannot
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -364,3 +365,207 @@ class WhatsAppMessage:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-native dict with the API's keys (what goes to XCom)."""
         return asdict(self)
+
+
+# -- conversations and replies --------------------------------------------------------------------
+
+CUSTOMER = "user"  # the history's role of the customer; "assistant" is the business side
+
+
+def _party(item: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = item.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative ``message_count``; ``None`` when missing or unreadable (the poller reads then)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class WhatsAppConversation:
+    """One conversation of the listing (``GET /user/conversations``).
+
+    ``message_count`` is the length of its history (``None`` when the API left it out);
+    ``updated_at`` / ``created_at`` are the API's ``"YYYY-MM-DD HH:MM:SS"`` strings (UTC).
+    """
+
+    id: str
+    type: str | None
+    message_count: int | None
+    updated_at: str | None
+    created_at: str | None
+    sender_phone: str | None
+    sender_name: str | None
+    customer_phone: str | None
+    customer_name: str | None
+    variables: dict[str, Any] | None
+    assistant_id: Any
+    ai_enabled: bool | None
+
+    @classmethod
+    def from_api(cls, item: Any) -> WhatsAppConversation:
+        """Build a conversation from one item of the listing's ``data``; extra fields are ignored."""
+        if not isinstance(item, Mapping) or item.get("id") in (None, ""):
+            raise FamulorResponseError(f"Famulor sent a conversation without an 'id': {type(item).__name__}")
+        sender, customer = _party(item, "whatsapp_sender"), _party(item, "customer")
+        variables = item.get("variables")
+        ai_enabled = item.get("ai_enabled")
+        return cls(
+            id=str(item["id"]),
+            type=_optional_text(item.get("type")),
+            message_count=_count(item.get("message_count")),
+            updated_at=_optional_text(item.get("updated_at")),
+            created_at=_optional_text(item.get("created_at")),
+            sender_phone=_optional_text(sender.get("phone")),
+            sender_name=_optional_text(sender.get("name")),
+            customer_phone=_optional_text(customer.get("phone")),
+            customer_name=_optional_text(customer.get("name")),
+            variables=dict(variables) if isinstance(variables, Mapping) else None,
+            assistant_id=item.get("assistant_id"),
+            ai_enabled=ai_enabled if isinstance(ai_enabled, bool) else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-native dict (what goes to XCom)."""
+        return asdict(self)
+
+    def is_between(self, sender_phone: str, customer_phone: str) -> bool:
+        """Whether this is the conversation of this business number with this customer."""
+        return normalize_phone(self.sender_phone or "") == normalize_phone(sender_phone) and normalize_phone(
+            self.customer_phone or ""
+        ) == normalize_phone(customer_phone)
+
+
+@dataclass(frozen=True)
+class ConversationMessage:
+    """One message of a history, known by its position ``index`` (messages have no id and no time).
+
+    ``role`` ``"user"`` is the customer, ``"assistant"`` the business side.
+    """
+
+    index: int
+    role: str | None
+    content: str
+
+    @property
+    def is_customer(self) -> bool:
+        return (self.role or "").lower() == CUSTOMER
+
+
+@dataclass(frozen=True)
+class ConversationHistory:
+    """A conversation's messages (``GET /conversations/{uuid}``), oldest first."""
+
+    conversation_id: str
+    messages: tuple[ConversationMessage, ...]
+    variables: dict[str, Any] | None
+    sender_phone: str | None
+    customer_phone: str | None
+    customer_name: str | None
+
+    @classmethod
+    def from_api(cls, conversation_id: str, payload: Any) -> ConversationHistory:
+        """Build the history from the answer; unknown fields are ignored, odd messages kept as text."""
+        if not isinstance(payload, Mapping):
+            raise FamulorResponseError(f"GET /conversations/{conversation_id} answered without a JSON object")
+        history = payload.get("history")
+        if history is None:
+            history = []
+        if not isinstance(history, list):
+            raise FamulorResponseError(
+                f"GET /conversations/{conversation_id} answered without a 'history' list"
+            )
+        messages = []
+        for index, item in enumerate(history):
+            item = item if isinstance(item, Mapping) else {"content": item}
+            content = item.get("content")
+            messages.append(
+                ConversationMessage(
+                    index=index,
+                    role=_optional_text(item.get("role")),
+                    content="" if content is None else str(content),
+                )
+            )
+        sender, customer = _party(payload, "whatsapp_sender"), _party(payload, "customer")
+        variables = payload.get("variables")
+        return cls(
+            conversation_id=conversation_id,
+            messages=tuple(messages),
+            variables=dict(variables) if isinstance(variables, Mapping) else None,
+            sender_phone=_optional_text(sender.get("phone")),
+            customer_phone=_optional_text(customer.get("phone")),
+            customer_name=_optional_text(customer.get("name")),
+        )
+
+    def customer_messages(self, start: int = 0) -> list[ConversationMessage]:
+        """The customer's messages at position ``start`` or later, in order."""
+        return [m for m in self.messages[start:] if m.is_customer]
+
+
+def _is_edge_noise(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char).startswith("P")
+
+
+def normalize_reply(text: str) -> str:
+    """A reply as ``choices`` compare it: case folded, spaces and punctuation around it dropped.
+
+    Punctuation inside stays: ``" yes! "`` is ``"yes"`` but ``"Yes, but later"`` is not ``"yes"``.
+
+    :param text: the reply (or a choice).
+    """
+    start, end = 0, len(text)
+    while start < end and _is_edge_noise(text[start]):
+        start += 1
+    while end > start and _is_edge_noise(text[end - 1]):
+        end -= 1
+    return text[start:end].casefold()
+
+
+def check_choices(choices: Any) -> tuple[str, ...] | None:
+    """The (rendered) ``choices`` as a tuple of strings, or ``None`` for any reply.
+
+    :param choices: the accepted answers, e.g. ``["YES", "NO"]``.
+    """
+    values = as_list(choices, "choices")
+    if values is None:
+        return None
+    checked: dict[str, str] = {}
+    for value in values:
+        if not isinstance(value, str) or not normalize_reply(value):
+            raise FamulorValidationError(
+                "choices",
+                f"{value!r} is not a reply a customer can write: give non-empty texts, e.g. ['YES', 'NO']",
+            )
+        key = normalize_reply(value)
+        if key in checked:
+            raise FamulorValidationError(
+                "choices",
+                f"{checked[key]!r} and {value!r} are the same answer "
+                "(case, spaces and punctuation around it are ignored)",
+            )
+        checked[key] = value
+    if not checked:
+        raise FamulorValidationError("choices", "is empty: give the accepted answers, or None for any reply")
+    return tuple(checked.values())
+
+
+def match_choice(text: str, choices: Iterable[str] | None) -> str | None:
+    """The entry of ``choices`` (as written there) that ``text`` equals, ignoring case and the
+    spaces and punctuation around both; ``None`` when none does.
+
+    :param text: the customer's reply.
+    :param choices: the accepted answers.
+    """
+    reply = normalize_reply(text)
+    return next((c for c in choices or () if normalize_reply(c) == reply), None)

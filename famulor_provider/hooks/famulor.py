@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,8 @@ from airflow.providers.common.compat.sdk import BaseHook
 
 from famulor_provider.connection import FamulorConnectionConfig, connection_config
 from famulor_provider.exceptions import (
+    FamulorAPIError,
+    FamulorConversationNotFoundError,
     FamulorDeliveryUnknownError,
     FamulorError,
     FamulorResponseError,
@@ -29,6 +31,8 @@ from famulor_provider.exceptions import (
 )
 from famulor_provider.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from famulor_provider.models import (
+    ConversationHistory,
+    WhatsAppConversation,
     WhatsAppMessage,
     WhatsAppSender,
     WhatsAppSessionStatus,
@@ -56,6 +60,7 @@ from famulor_provider.validation import (
     MAX_RECIPIENT_NAME_CHARS,
     check_choice,
     check_id,
+    check_optional_int,
     check_phone,
     check_text,
     check_variables,
@@ -70,6 +75,9 @@ log = logging.getLogger(__name__)
 SENDER_STATUSES = ("online", "offline", "all")
 TEMPLATE_STATUSES = ("approved", "all")
 SENDERS_PATH = "/user/whatsapp/senders"
+CONVERSATIONS_PATH = "/user/conversations"
+CONVERSATION_TYPES = ("whatsapp", "widget", "api", "test")
+MAX_PER_PAGE = 100  # the API's maximum page size for conversations
 
 
 class FamulorHook(BaseHook):
@@ -318,6 +326,157 @@ class FamulorHook(BaseHook):
         payload = self.request("GET", "/user/whatsapp/session-status", params=params)
         return WhatsAppSessionStatus.from_api(payload)
 
+    def iter_conversation_pages(
+        self,
+        *,
+        type: str | None = "whatsapp",
+        customer_phone: str | None = None,
+        whatsapp_sender_phone: str | None = None,
+        assistant_id: Any = None,
+        external_identifier: str | None = None,
+        per_page: int = MAX_PER_PAGE,
+        max_retries: int | None = None,
+    ) -> Iterator[list[WhatsAppConversation]]:
+        """
+        Walk ``GET /user/conversations`` page by page (cursor pagination), one list per page.
+
+        Stop iterating to stop early. The listing's order is not documented: never rely on it.
+        Every filter is an exact match; ``None`` leaves it out.
+
+        :param type: ``whatsapp`` (default), ``widget``, ``api``, ``test``, or ``None`` for all.
+        :param customer_phone: only the conversations with this customer (E.164).
+        :param whatsapp_sender_phone: only the conversations of this business number (E.164).
+        :param assistant_id: only the conversations of this assistant.
+        :param external_identifier: only the conversations with this external identifier.
+        :param per_page: conversations per page, 1-100 (default 100: the fewest requests).
+        :param max_retries: retries of each page (default: the connection's).
+        """
+        params = _conversation_params(
+            type, customer_phone, whatsapp_sender_phone, assistant_id, external_identifier, per_page
+        )
+        cursors: set[str] = set()
+        while True:
+            payload = self.request("GET", CONVERSATIONS_PATH, params=params, max_retries=max_retries)
+            yield _conversations(payload)
+            cursor = _next_cursor(payload, cursors)
+            if cursor is None:
+                return
+            params = {**params, "cursor": cursor}
+
+    async def aiter_conversation_pages(
+        self,
+        *,
+        type: str | None = "whatsapp",
+        customer_phone: str | None = None,
+        whatsapp_sender_phone: str | None = None,
+        assistant_id: Any = None,
+        external_identifier: str | None = None,
+        per_page: int = MAX_PER_PAGE,
+        max_retries: int | None = None,
+        before_page: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[list[WhatsAppConversation]]:
+        """Async twin of :meth:`iter_conversation_pages`.
+
+        :param before_page: awaited before each page's request (pollers take a budget slot there).
+        """
+        params = _conversation_params(
+            type, customer_phone, whatsapp_sender_phone, assistant_id, external_identifier, per_page
+        )
+        cursors: set[str] = set()
+        while True:
+            if before_page is not None:
+                await before_page()
+            payload = await self.arequest("GET", CONVERSATIONS_PATH, params=params, max_retries=max_retries)
+            yield _conversations(payload)
+            cursor = _next_cursor(payload, cursors)
+            if cursor is None:
+                return
+            params = {**params, "cursor": cursor}
+
+    def list_conversations(
+        self,
+        *,
+        type: str | None = "whatsapp",
+        customer_phone: str | None = None,
+        whatsapp_sender_phone: str | None = None,
+        assistant_id: Any = None,
+        external_identifier: str | None = None,
+        per_page: int = MAX_PER_PAGE,
+        max_retries: int | None = None,
+    ) -> list[WhatsAppConversation]:
+        """Every conversation that matches the filters, walking every page.
+
+        Arguments as :meth:`iter_conversation_pages`; an account with N conversations costs
+        ``ceil(N / per_page)`` requests.
+        """
+        return [
+            conversation
+            for page in self.iter_conversation_pages(
+                type=type,
+                customer_phone=customer_phone,
+                whatsapp_sender_phone=whatsapp_sender_phone,
+                assistant_id=assistant_id,
+                external_identifier=external_identifier,
+                per_page=per_page,
+                max_retries=max_retries,
+            )
+            for conversation in page
+        ]
+
+    async def alist_conversations(
+        self,
+        *,
+        type: str | None = "whatsapp",
+        customer_phone: str | None = None,
+        whatsapp_sender_phone: str | None = None,
+        assistant_id: Any = None,
+        external_identifier: str | None = None,
+        per_page: int = MAX_PER_PAGE,
+        max_retries: int | None = None,
+    ) -> list[WhatsAppConversation]:
+        """Async twin of :meth:`list_conversations`."""
+        return [
+            conversation
+            async for page in self.aiter_conversation_pages(
+                type=type,
+                customer_phone=customer_phone,
+                whatsapp_sender_phone=whatsapp_sender_phone,
+                assistant_id=assistant_id,
+                external_identifier=external_identifier,
+                per_page=per_page,
+                max_retries=max_retries,
+            )
+            for conversation in page
+        ]
+
+    def get_conversation(
+        self, conversation_id: str, *, max_retries: int | None = None
+    ) -> ConversationHistory:
+        """
+        Read a conversation's history (``GET /conversations/{uuid}``).
+
+        :param conversation_id: the conversation's uuid (the ``id`` of the listing).
+        :param max_retries: retries of this call (default: the connection's).
+        :raises FamulorConversationNotFoundError: no conversation has this id (404).
+        """
+        path = _conversation_path(conversation_id)
+        try:
+            payload = self.request("GET", path, max_retries=max_retries)
+        except FamulorAPIError as err:
+            raise _not_found(err, conversation_id) from err
+        return ConversationHistory.from_api(str(conversation_id).strip(), payload)
+
+    async def aget_conversation(
+        self, conversation_id: str, *, max_retries: int | None = None
+    ) -> ConversationHistory:
+        """Async twin of :meth:`get_conversation`."""
+        path = _conversation_path(conversation_id)
+        try:
+            payload = await self.arequest("GET", path, max_retries=max_retries)
+        except FamulorAPIError as err:
+            raise _not_found(err, conversation_id) from err
+        return ConversationHistory.from_api(str(conversation_id).strip(), payload)
+
     def send_whatsapp_template(
         self,
         sender_id: int,
@@ -510,6 +669,66 @@ class FamulorHook(BaseHook):
                 default=verify["schema"]["default"],
             ),
         }
+
+
+def _conversation_params(
+    type: Any,
+    customer_phone: Any,
+    whatsapp_sender_phone: Any,
+    assistant_id: Any,
+    external_identifier: Any,
+    per_page: Any,
+) -> dict[str, Any]:
+    size = check_optional_int(per_page, "per_page", minimum=1)
+    if size is None or size > MAX_PER_PAGE:
+        raise FamulorValidationError("per_page", f"must be 1-{MAX_PER_PAGE}, got {per_page!r}")
+    # requests and httpx URL-encode the '+' of the phones as %2B (a bare '+' would decode as a space).
+    params: dict[str, Any] = {"per_page": size}
+    if not is_blank(type):
+        params["type"] = check_choice("type", type, CONVERSATION_TYPES)
+    if not is_blank(customer_phone):
+        params["customer_phone"] = check_phone(customer_phone, "customer_phone")
+    if not is_blank(whatsapp_sender_phone):
+        params["whatsapp_sender_phone"] = check_phone(whatsapp_sender_phone, "whatsapp_sender_phone")
+    if not is_blank(assistant_id):
+        params["assistant_id"] = str(assistant_id).strip()
+    if not is_blank(external_identifier):
+        params["external_identifier"] = str(external_identifier)
+    return params
+
+
+def _conversations(payload: Any) -> list[WhatsAppConversation]:
+    return [WhatsAppConversation.from_api(i) for i in data_list(f"GET {CONVERSATIONS_PATH}", payload)]
+
+
+def _next_cursor(payload: Any, seen: set[str]) -> str | None:
+    """The next page's cursor, or ``None`` on the last page; a cursor seen before is an error."""
+    cursor = payload.get("next_cursor") if isinstance(payload, Mapping) else None
+    if cursor in (None, ""):
+        return None
+    cursor = str(cursor)
+    if cursor in seen:  # a loop would poll forever
+        raise FamulorResponseError(f"GET {CONVERSATIONS_PATH} returned a next_cursor it returned before")
+    seen.add(cursor)
+    return cursor
+
+
+def _conversation_path(conversation_id: Any) -> str:
+    from urllib.parse import quote
+
+    if is_blank(conversation_id):
+        raise FamulorValidationError("conversation_id", "is empty: give the conversation's uuid (its 'id')")
+    return f"/conversations/{quote(str(conversation_id).strip(), safe='')}"
+
+
+def _not_found(err: FamulorAPIError, conversation_id: Any) -> FamulorAPIError:
+    if err.status_code != 404:
+        return err
+    return FamulorConversationNotFoundError(
+        f"{err} (conversation {str(conversation_id).strip()!r} does not exist in this account)",
+        status_code=404,
+        error_code=err.error_code,
+    )
 
 
 def _sender_status(status: Any) -> str:
