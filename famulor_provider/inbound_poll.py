@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from famulor_provider.hooks.famulor import FamulorHook
     from famulor_provider.inbound_cursor import StateStore
+    from famulor_provider.models import WhatsAppConversation
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,15 @@ class InboundPoller:
             "whatsapp_sender_phone": self.sender_phone,
             "customer_phone": self.customer_phone,
             "per_page": PER_PAGE,
-            "max_retries": 0,  # the poll loop is the retry, honouring Retry-After
+            "before_page": self._slot,
         }
+
+    async def _slot(self) -> None:
+        """Take one request's slot of the connection's polling budget (shared with the reply sensor)."""
+        from famulor_provider.polling import POLLING_BUDGET
+
+        config = await self.hook.aget_config()
+        await POLLING_BUDGET.acquire(self.hook.famulor_conn_id, config.poll_requests_per_minute)
 
     async def take_baseline(self) -> InboundCursor:
         """Record every conversation's current count as history (a first start: no events)."""
@@ -161,7 +169,7 @@ class InboundPoller:
         last_updated: str | None = None
         async for page in self.hook.aiter_conversation_pages(**self._filters()):
             stats.pages += 1
-            changed = []
+            changed: list[tuple[WhatsAppConversation, int]] = []
             for conversation in page:
                 stats.conversations += 1
                 updated = conversation.updated_at
@@ -171,15 +179,16 @@ class InboundPoller:
                 count = int(conversation.message_count or 0)
                 seen = self.seen(conversation.id)
                 if count > seen:
-                    changed.append((conversation.id, seen))
+                    changed.append((conversation, seen))
                 elif count < seen and conversation.id not in self.pending:
                     # Fewer messages than covered (the history was cut): start over from there.
                     self.cursor.put(conversation.id, count)
-            for conversation_id, seen in changed:
-                update = await self._read(conversation_id, seen)
+            for conversation, seen in changed:
+                await self._slot()
+                update = await self._read(conversation, seen)
                 stats.reads += 1
                 if update is not None:
-                    self.pending[conversation_id] = update.end
+                    self.pending[conversation.id] = update.end
                     yield update
             if not full and ordered and not changed:
                 stats.stopped_early = True
@@ -187,20 +196,26 @@ class InboundPoller:
         if full:
             self.ordered_by_activity = ordered
 
-    async def _read(self, conversation_id: str, seen: int) -> ConversationUpdate | None:
-        history = await self.hook.aget_conversation(conversation_id)
+    async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
+        from famulor_provider.exceptions import FamulorConversationNotFoundError
+
+        try:
+            history = await self.hook.aget_conversation(conversation.id)
+        except FamulorConversationNotFoundError:
+            log.info("Conversation %s was deleted after the listing; skipped", conversation.id)
+            return None
         end = len(history.messages)
         if end <= seen:
             return None
         return ConversationUpdate(
-            conversation_id=conversation_id,
+            conversation_id=conversation.id,
             start=seen,
             end=end,
-            sender_phone=history.sender_phone,
-            sender_name=getattr(history, "sender_name", None),
-            customer_phone=history.customer_phone,
-            customer_name=history.customer_name,
-            variables=history.variables,
+            sender_phone=history.sender_phone or conversation.sender_phone,
+            sender_name=conversation.sender_name,
+            customer_phone=history.customer_phone or conversation.customer_phone,
+            customer_name=history.customer_name or conversation.customer_name,
+            variables=history.variables if history.variables is not None else conversation.variables,
             messages=[
                 {"message_index": message.index, "text": message.content}
                 for message in history.messages[seen:end]
@@ -347,7 +362,8 @@ class InboundProducer(_ProducerBase):
                 wait = await self._wait_after(err)
             elapsed = loop.time() - started
             stats = poller.stats
-            log.info(
+            log.log(
+                logging.INFO if updates or stats.full_pass else logging.DEBUG,
                 "Inbound poll: %d page(s), %d conversation(s) read, %d with new messages, %.2f s%s",
                 stats.pages,
                 stats.reads,
@@ -355,13 +371,24 @@ class InboundProducer(_ProducerBase):
                 elapsed,
                 " (stopped early: listing ordered by activity)" if stats.stopped_early else "",
             )
+            wait = max(wait, await self._budgeted_interval(stats.pages + stats.reads))
             if elapsed > wait:
                 log.warning(
-                    "The inbound poll took %.1f s, longer than poll_interval=%g s: the next starts now",
+                    "The inbound poll took %.1f s, longer than its interval (%g s): the next starts now",
                     elapsed,
-                    self.poll_interval,
+                    wait,
                 )
             await asyncio.sleep(max(0.0, wait - elapsed))
+
+    async def _budgeted_interval(self, requests: int) -> float:
+        """The poll interval, stretched when one poll's requests exceed the connection's budget."""
+        from famulor_provider.polling import POLLING_BUDGET
+
+        assert self.poller is not None
+        config = await self.poller.hook.aget_config()
+        return POLLING_BUDGET.interval(
+            self.famulor_conn_id, requests, self.poll_interval, config.poll_requests_per_minute
+        )
 
     def settle(self, payload: tuple[str, int, int], stored: bool) -> None:
         """

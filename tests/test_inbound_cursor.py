@@ -5,6 +5,7 @@ import json
 import uuid
 
 import pytest
+from fake_state_store import MAX_VALUE_STORAGE_BYTES, FakeAssetStateStore
 
 from famulor_provider.inbound_cursor import (
     BUCKETS,
@@ -14,7 +15,6 @@ from famulor_provider.inbound_cursor import (
     decode_bucket,
     encode_bucket,
 )
-from tests.fake_state_store import MAX_VALUE_STORAGE_BYTES, FakeAssetStateStore
 
 
 def _ids(n: int, seed: int = 7) -> list[str]:
