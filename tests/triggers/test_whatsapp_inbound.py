@@ -15,8 +15,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from famulor_fixtures import set_sandbox_conn
 from fake_state_store import FakeAssetStateStore
+from famulor_fixtures import set_sandbox_conn
 
 from famulor_provider.inbound_poll import InboundPoller
 from famulor_provider.triggers import whatsapp as trigger_module
