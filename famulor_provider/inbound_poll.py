@@ -1,18 +1,58 @@
-"""One poll of an account's WhatsApp conversations for customer messages the cursor has not covered.
+"""Polling Famulor for inbound WhatsApp messages, and how Airflow 3.3 makes it lose nothing.
 
-A poll walks ``GET /user/conversations`` (``per_page=100``) and compares each conversation's
-``message_count`` with what was last turned into events (the :class:`InboundCursor`, plus what
-was emitted and not yet acknowledged); only a conversation whose count grew is read with
-``GET /conversations/{uuid}``. A poll therefore costs the listing's pages plus one read per
-changed conversation, and does not depend on the listing's order.
+**One poll.** :class:`InboundPoller` walks ``GET /user/conversations`` (``per_page=100``) and
+compares each conversation's ``message_count`` with what was last turned into events (the
+:class:`~famulor_provider.inbound_cursor.InboundCursor`, plus what was emitted and is not yet
+acknowledged); only a conversation whose count grew is read with ``GET /conversations/{uuid}``.
+A poll therefore costs the listing's pages plus one read per changed conversation, whatever the
+listing's order. Early stop: when every page of the last full pass was ordered by
+``updated_at`` (most recent first), a poll stops after the first page on which no conversation
+changed; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
+seemed ordered delays a message by at most that many polls, never loses it. Each request takes
+a slot of the connection's polling budget (:mod:`famulor_provider.polling`, shared with the reply
+sensor), and the interval stretches when a poll costs more than the budget allows.
 
-Early stop: when every page of the last full pass was ordered by ``updated_at`` (most recent
-first), a poll stops after the first page on which no conversation changed; every
-``full_pass_every``-th poll walks every page anyway, so a listing that only seemed ordered
-delays a message by at most that many polls, never loses it.
+**Airflow 3.3.2's machinery** (``airflow/triggers/base.py``, ``triggers/shared_stream.py``,
+``jobs/triggerer_job_runner.py``), as this module relies on it:
 
-The cursor only moves through :meth:`InboundPoller.acknowledge` (the events Airflow stored);
-:meth:`InboundPoller.release` forgets an emitted update so that the next poll reads it again.
+- The triggerer injects ``trigger.asset_state_store`` (an ``AssetStateStoreAccessors`` over the
+  watched assets) into a ``BaseEventTrigger`` that watches assets, after building it from its
+  serialized kwargs and before ``run_trigger`` starts. The bare ``aget``/``aset`` work only when
+  the trigger watches exactly one asset (identical watchers on several assets are one trigger
+  instance); per-asset accessors sit in ``_by_name``/``_by_uri``. Values are JSON, written whole;
+  above ``[state_store] max_value_storage_bytes`` (65,535) the worker only logs a warning.
+- ``run_trigger`` reads ``shared_stream_key()`` once, after the injection, then subscribes the
+  trigger to a ``SharedStreamManager`` group for that key and iterates
+  ``filter_shared_stream(stream)`` instead of ``run()``. The first subscriber creates the group,
+  whose poll task (started on the next loop turn) calls the classmethod
+  ``create_shared_stream_producer(kwargs)`` with the first trigger's serialized kwargs: overriding
+  it is *ack mode*. The producer's ``open_stream()`` yields ``(raw_event, broker_payload)``; each
+  raw event is broadcast to the subscribers online at that moment.
+- Every ``TriggerEvent`` a filter yields while it holds a raw event is bound to it
+  (``bind_pending_event`` gives it a sequence number) and queued; the triggerer's supervisor
+  writes it to the metadata database (an ``asset_event`` row) and confirms the sequence number on
+  the next state sync (about 1-2 s). A raw event is resolved for a subscriber once the filter
+  pulled the next one and every event bound to it is confirmed; then the pump calls
+  ``producer.advance(batch)`` with a contiguous, in-order prefix of resolved events, each with its
+  ``broker_payload`` and an ``AdvanceOutcome`` (``is_clean``: every subscriber acked, none failed).
+  An event not confirmed within ``[triggerer] shared_stream_ack_timeout`` fails its subscriber.
+- All of that is in memory. A SIGKILL loses the events queued but not yet written, and the
+  resolutions not yet advanced; nothing is flushed. In 3.1 there is neither store nor shared
+  stream (``run()`` only); 2.11 has no ``BaseEventTrigger``.
+
+**The guarantee on 3.3.** :class:`InboundProducer` is the ack-mode producer: a raw event is one
+conversation's new messages (:class:`ConversationUpdate`), its payload ``(conversation_id, start,
+end)``. ``advance`` moves the cursor over clean updates only (and only contiguously: the cursor
+must be at ``start``), then writes the changed cursor buckets to the asset state store; an update
+that is not clean is forgotten, so the next poll reads the conversation again from the cursor.
+The producer cannot reach the trigger instance that holds the injected store: each instance
+registers its store in this process under the shared stream key from ``shared_stream_key()``
+(after the injection, before the stream starts) and the producer reads the registered stores at
+start and at each advance. Hence every message is written to ``asset_event`` before the cursor
+passes it (none lost across kills, restarts or a move to another triggerer), and a kill after the
+write but before the cursor write (about one state sync plus the advance) makes the next
+triggerer emit those messages once more, with the same ``dedupe_key``: at most one extra event per
+message per kill, none within one triggerer's lifetime.
 """
 
 from __future__ import annotations
