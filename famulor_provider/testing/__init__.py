@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from famulor_provider.testing.sandbox import (
+        CONVERSATION_ORDERS,
         DEFAULT_SEND_RATE_LIMIT,
         FAULTS,
         SANDBOX_API_KEY,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "CONVERSATION_ORDERS",
     "DEFAULT_SEND_RATE_LIMIT",
     "FAULTS",
     "SANDBOX_API_KEY",

@@ -1,14 +1,17 @@
-"""Command line: ``python -m famulor_provider.testing serve [--port-file PATH] ...``."""
+"""Command line: ``python -m famulor_provider.testing serve [--port-file PATH] ...`` and ``... receive``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
 
 from famulor_provider.testing.sandbox import DEFAULT_SEND_RATE_LIMIT, SANDBOX_API_KEY, FamulorSandbox
 
@@ -31,6 +34,57 @@ def _rate(value: str) -> float:
     if not rate >= 0 or rate == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of sends per second (0 = off), not {value!r}")
     return rate
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (at least 0), not {value!r}")
+    return seconds
+
+
+def _control_url(url: str) -> str:
+    """The control API's URL from a sandbox URL, with or without its ``/api`` suffix.
+
+    :param url: e.g. ``http://127.0.0.1:8080`` or ``http://127.0.0.1:8080/api``.
+    """
+    return url.rstrip("/").removesuffix("/api") + "/_sandbox"
+
+
+def receive(args: argparse.Namespace) -> int:
+    """``receive``: a customer writes, through a running sandbox's control API.
+
+    :param args: the parsed ``receive`` arguments.
+    """
+    body: dict[str, Any] = {
+        "sender_phone": args.sender_phone,
+        "customer_phone": args.customer_phone,
+        "text": args.text,
+        "customer_name": args.customer_name,
+        "assistant_reply": args.assistant_reply,
+    }
+    if args.after_seconds is not None:
+        body["after_seconds"] = args.after_seconds
+    request = Request(
+        _control_url(args.url) + "/conversations/receive",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urlopen(request, timeout=10) as response:
+            print(response.read().decode(), flush=True)
+    except HTTPError as exc:
+        message = json.loads(exc.read() or b"{}").get("message", exc.reason)
+        print(f"The sandbox refused the message: {message}", file=sys.stderr)
+        return 1
+    except URLError as exc:
+        print(f"No sandbox answers at {args.url}: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _describe_send_rate_limit(limit: float | None) -> str:
@@ -76,11 +130,40 @@ def main(argv: list[str] | None = None) -> int:
         help=f"sends allowed per rolling second before a 429, as the API (default: "
         f"{DEFAULT_SEND_RATE_LIMIT}; 0 turns the limit off)",
     )
+    serve.add_argument(
+        "--customer-reply",
+        metavar="TEXT",
+        help="the customer of every accepted send answers TEXT (after --customer-reply-after seconds)",
+    )
+    serve.add_argument(
+        "--customer-reply-after",
+        type=_seconds,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long the customer takes to answer (default: 3)",
+    )
+    write = commands.add_parser("receive", help="make a customer write to a running sandbox")
+    write.add_argument("--url", required=True, help="the sandbox, e.g. http://127.0.0.1:8080/api")
+    write.add_argument("--sender-phone", required=True, help="the sender's phone_number, e.g. +14155551234")
+    write.add_argument("--customer-phone", required=True, help="the customer's number, E.164")
+    write.add_argument("--text", required=True, help="the customer's message")
+    write.add_argument("--customer-name", help="the customer's name")
+    write.add_argument("--assistant-reply", help="an assistant message right after the customer's")
+    write.add_argument("--after-seconds", type=_seconds, metavar="SECONDS", help="deliver it this much later")
     args = parser.parse_args(argv)
+    if args.command == "receive":
+        return receive(args)
 
     try:
+        customer_reply = (
+            None if args.customer_reply is None else (args.customer_reply, args.customer_reply_after)
+        )
         sandbox = FamulorSandbox(
-            api_key=args.api_key, host=args.host, port=args.port, send_rate_limit=args.send_rate_limit or None
+            api_key=args.api_key,
+            host=args.host,
+            port=args.port,
+            send_rate_limit=args.send_rate_limit or None,
+            customer_reply=customer_reply,
         )
         for sender_id, seconds in args.sender_online_after:
             sandbox.schedule_sender(sender_id, seconds, status="online")
@@ -100,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.port_file is not None:
             _write_port_file(args.port_file, sandbox.port)
         limit = _describe_send_rate_limit(sandbox.send_rate_limit)
-        print(f"Famulor sandbox listening on {sandbox.base_url} (send rate limit: {limit})", flush=True)
+        reply = (
+            ""
+            if customer_reply is None
+            else f", customers reply {customer_reply[0]!r} after {customer_reply[1]:g} s"
+        )
+        print(
+            f"Famulor sandbox listening on {sandbox.base_url} (send rate limit: {limit}{reply})", flush=True
+        )
         while not stopping.wait(0.5):
             pass
     print("Famulor sandbox stopped", flush=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -14,55 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from sandbox_client import AUTH, OTHER, PHONE, call, freeform, is_listening, send, serve, stop, wait_for
 
 from famulor_provider.testing import DEFAULT_SEND_RATE_LIMIT, SANDBOX_API_KEY, SEED_SENDERS, FamulorSandbox
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytest_plugins = ["pytester"]
-
-AUTH = {"Authorization": f"Bearer {SANDBOX_API_KEY}", "Accept": "application/json"}
-PHONE = "+4915112345678"
-OTHER = "+4915100000000"
-
-
-@pytest.fixture
-def sandbox() -> Iterator[FamulorSandbox]:
-    with FamulorSandbox() as sb:
-        yield sb
-
-
-def call(sb: FamulorSandbox, method: str, path: str, **kwargs: Any) -> requests.Response:
-    kwargs.setdefault("headers", AUTH)
-    return requests.request(method, sb.base_url + path, timeout=5, **kwargs)
-
-
-def send(sb: FamulorSandbox, **body: Any) -> requests.Response:
-    payload = {"sender_id": 12, "template_id": 1201, "recipient_phone": PHONE, "variables": {"1": "A-17"}}
-    return call(sb, "POST", "/user/whatsapp/send", json={**payload, **body})
-
-
-def freeform(sb: FamulorSandbox, **body: Any) -> requests.Response:
-    payload = {"sender_id": 12, "recipient_phone": PHONE, "message": "Your parcel left the warehouse."}
-    return call(sb, "POST", "/user/whatsapp/send-freeform", json={**payload, **body})
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def is_listening(port: int) -> bool:
-    try:
-        requests.get(f"http://127.0.0.1:{port}/api/user/me", timeout=1)
-    except requests.ConnectionError:
-        return False
-    return True
-
 
 # Lifecycle and connection
 
@@ -786,34 +743,6 @@ def test_control_ledger_stays_fast_with_100k_entries(sandbox: FamulorSandbox) ->
 
 
 # CLI
-
-
-@contextlib.contextmanager
-def serve(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``python -m famulor_provider.testing serve ARGS`` and its port; killed by PID if still running."""
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "famulor_provider.testing", "serve", "--port-file", str(port_file), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield proc, int(port_file.read_text())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM the CLI and return what it printed; it must exit 0."""
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 0
-    return out
 
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
