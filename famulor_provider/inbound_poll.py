@@ -6,8 +6,9 @@ compares each conversation's ``message_count`` with what was last turned into ev
 acknowledged); only a conversation whose count grew is read with ``GET /conversations/{uuid}``.
 A poll therefore costs the listing's pages plus one read per changed conversation, whatever the
 listing's order. Early stop: when every page of the last full pass was ordered by
-``updated_at`` (most recent first), a poll stops after the first page on which no conversation
-changed; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
+``updated_at`` (most recent first), a poll stops after the first page whose last (least
+recently active) conversation did not change and is strictly older than the newest activity the
+previous poll saw; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
 seemed ordered delays a message by at most that many polls, never loses it. Each request takes
 a slot of the connection's polling budget (:mod:`famulor_provider.polling`, shared with the reply
 sensor), and the interval stretches when a poll costs more than the budget allows.
@@ -127,6 +128,34 @@ class PollStats:
     stopped_early: bool = False
 
 
+class _OrderCheck:
+    """Whether a walk's ``updated_at`` values never increase, and the newest one seen.
+
+    :param newest: the newest ``updated_at`` seen before this walk.
+    """
+
+    def __init__(self, newest: str | None) -> None:
+        self.ordered = True
+        self.last: str | None = None
+        self.newest = newest
+
+    def see(self, updated_at: str | None) -> None:
+        """Take the next conversation's ``updated_at`` (``"YYYY-MM-DD HH:MM:SS"``: compares as text)."""
+        if updated_at is None or (self.last is not None and updated_at > self.last):
+            self.ordered = False
+        self.last = updated_at
+        if updated_at is not None and (self.newest is None or updated_at > self.newest):
+            self.newest = updated_at
+
+    def behind(self, high_water: str | None) -> bool:
+        """Ordered so far, and the last conversation is strictly older than ``high_water``.
+
+        Everything after it in an activity-ordered listing then last changed before the previous
+        walk saw ``high_water``; a tie (second resolution) proves nothing, so the walk goes on.
+        """
+        return self.ordered and self.last is not None and high_water is not None and self.last < high_water
+
+
 class InboundPoller:
     """
     Find new customer messages in one scope (connection, optional sender, optional customer).
@@ -155,6 +184,7 @@ class InboundPoller:
         # Emitted but not acknowledged: conversation -> end of the last update emitted.
         self.pending: dict[str, int] = {}
         self.ordered_by_activity = False  # proven by the last full pass
+        self.high_water: str | None = None  # the most recent updated_at seen so far
         self.polls = 0
         self.stats = PollStats()
 
@@ -178,13 +208,16 @@ class InboundPoller:
         """Record every conversation's current count as history (a first start: no events)."""
         cursor = InboundCursor()
         stats = PollStats(full_pass=True)
+        order = _OrderCheck(None)
         async for page in self.hook.aiter_conversation_pages(**self._filters()):
             stats.pages += 1
             for conversation in page:
                 stats.conversations += 1
+                order.see(conversation.updated_at)
                 cursor.put(conversation.id, int(conversation.message_count or 0))
         self.cursor = cursor
         self.stats = stats
+        self.ordered_by_activity, self.high_water = order.ordered, order.newest
         return cursor
 
     def seen(self, conversation_id: str) -> int:
@@ -205,19 +238,17 @@ class InboundPoller:
         self.polls += 1
         full = not self.ordered_by_activity or self.polls % self.full_pass_every == 0
         stats = self.stats = PollStats(full_pass=full)
-        ordered = True
-        last_updated: str | None = None
+        order = _OrderCheck(self.high_water)
         async for page in self.hook.aiter_conversation_pages(**self._filters()):
             stats.pages += 1
             changed: list[tuple[WhatsAppConversation, int]] = []
+            last_unchanged = False
             for conversation in page:
                 stats.conversations += 1
-                updated = conversation.updated_at
-                if updated is None or (last_updated is not None and updated > last_updated):
-                    ordered = False
-                last_updated = updated if updated is not None else last_updated
+                order.see(conversation.updated_at)
                 count = int(conversation.message_count or 0)
                 seen = self.seen(conversation.id)
+                last_unchanged = count <= seen
                 if count > seen:
                     changed.append((conversation, seen))
                 elif count < seen and conversation.id not in self.pending:
@@ -230,11 +261,12 @@ class InboundPoller:
                 if update is not None:
                     self.pending[conversation.id] = update.end
                     yield update
-            if not full and ordered and not changed:
+            if not full and last_unchanged and order.behind(self.high_water):
                 stats.stopped_early = True
                 break
         if full:
-            self.ordered_by_activity = ordered
+            self.ordered_by_activity = order.ordered
+        self.high_water = order.newest
 
     async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
         from famulor_provider.exceptions import FamulorConversationNotFoundError

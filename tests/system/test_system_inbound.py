@@ -90,10 +90,10 @@ def test_every_message_is_an_event_across_three_triggerer_kills(
                 reads = sum(1 for r in famulor_sandbox.requests if r.path.startswith("/api/conversations/"))
                 deployment.wait_until(
                     "a read of a changed conversation",
-                    lambda reads=reads: sum(
-                        1 for r in famulor_sandbox.requests if r.path.startswith("/api/conversations/")
-                    )
-                    > reads,
+                    lambda reads=reads: (
+                        sum(1 for r in famulor_sandbox.requests if r.path.startswith("/api/conversations/"))
+                        > reads
+                    ),
                     timeout=30,
                 )
             name = "triggerer" if kill == 0 else f"triggerer-{kill + 1}"
@@ -121,11 +121,13 @@ def test_every_message_is_an_event_across_three_triggerer_kills(
     # Every event reaches a DAG run (events stored while a run was queued join the next one).
     deployment.wait_until(
         "every event consumed by a successful DAG run",
-        lambda: deployment.query(
-            "SELECT COUNT(*) FROM asset_event e WHERE NOT EXISTS "
-            "(SELECT 1 FROM dagrun_asset_event d JOIN dag_run r ON r.id = d.dag_run_id "
-            " WHERE d.event_id = e.id AND r.state = 'success')"
-        )
-        == [(0,)],
+        lambda: (
+            deployment.query(
+                "SELECT COUNT(*) FROM asset_event e WHERE NOT EXISTS "
+                "(SELECT 1 FROM dagrun_asset_event d JOIN dag_run r ON r.id = d.dag_run_id "
+                " WHERE d.event_id = e.id AND r.state = 'success')"
+            )
+            == [(0,)]
+        ),
         timeout=240,
     )
