@@ -2,16 +2,20 @@
 
 Airflow's asset state store keeps JSON values, each rewritten whole at every write, and warns
 above ``[state_store] max_value_storage_bytes`` (65,535 bytes by default). A naive ``{uuid:
-count}`` map costs about 43 bytes per conversation (4.3 MB at 100,000). This cursor is split
-into :data:`BUCKETS` buckets by the first byte of the conversation's uuid; a bucket is stored as
-one value: ``base64(zlib(entries))`` where an entry is the uuid's 16 bytes and the count as a
-varint (ids that are not canonical uuids: a 0xFF tag, a varint length and the UTF-8 text; their
-bucket is a CRC32 byte). Uuids do not compress, so a conversation costs about 22 bytes: 100,000
-conversations are at most about 10 KB per bucket (``benchmarks/inbound_polling.py`` measures it), and
-an advance rewrites only the buckets whose conversations moved.
+count}`` map costs about 43 bytes per conversation (4.3 MB at 100,000). Here an entry is the
+uuid's 16 bytes and the count as a varint (ids that are not canonical uuids: a 0xFF tag, a varint
+length and the UTF-8 text), a set of entries is stored as ``base64(zlib(entries))``: about 22
+bytes per conversation, since uuids do not compress.
 
-Each bucket is correct on its own (every count in it covers only events Airflow stored), so a
-process killed between two bucket writes leaves a cursor that is behind, never ahead.
+In a triggerer every store read or write is a round trip through the triggerer's supervisor
+(up to about a second on a busy deployment), so an advance writes **one** value, the journal:
+the conversations that moved since the last compaction. When the journal outgrows
+:data:`JOURNAL_LIMIT`, a compaction writes them into the buckets (the conversations split by
+their uuid's first byte into a power of two of buckets, as many as keep each under
+:data:`BUCKET_TARGET` bytes: 1 for a few hundred conversations, 128 for 100,000), then the meta
+value, then an empty journal. Counts only grow, and every stored count covers only events
+Airflow stored, so a load takes, per conversation, the larger of its bucket and journal values:
+a process killed between any two writes leaves a cursor that is behind, never ahead.
 """
 
 from __future__ import annotations
@@ -25,21 +29,41 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-BUCKETS = 256
+MAX_BUCKETS = 256
+BUCKET_TARGET = 32_000  # bytes per stored bucket, half of Airflow's default value limit
+JOURNAL_LIMIT = 32_000  # bytes of journal before a compaction
+BYTES_PER_ENTRY = 24  # what an entry costs stored (measured: about 22), to size the buckets
 _TEXT_TAG = 0xFF  # every entry starts with a kind byte: a uuid or a text id
 _UUID_TAG = 0x00
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def bucket_of(conversation_id: str) -> int:
-    """
-    The bucket of a conversation: its uuid's first byte, or a CRC32 byte for other ids.
-
-    :param conversation_id: the conversation's ``id`` as the API gives it.
-    """
+def _first_byte(conversation_id: str) -> int:
     if _CANONICAL_UUID.fullmatch(conversation_id):
         return int(conversation_id[:2], 16)
     return zlib.crc32(conversation_id.encode()) & 0xFF
+
+
+def bucket_of(conversation_id: str, buckets: int = MAX_BUCKETS) -> int:
+    """
+    The bucket of a conversation: its uuid's first byte (a CRC32 byte for other ids), scaled.
+
+    :param conversation_id: the conversation's ``id`` as the API gives it.
+    :param buckets: how many buckets (a power of two up to 256).
+    """
+    return _first_byte(conversation_id) * buckets // MAX_BUCKETS
+
+
+def buckets_for(conversations: int) -> int:
+    """
+    The fewest buckets (a power of two) that keep each under :data:`BUCKET_TARGET` bytes.
+
+    :param conversations: how many conversations the cursor holds.
+    """
+    buckets = 1
+    while buckets < MAX_BUCKETS and conversations * BYTES_PER_ENTRY / buckets > BUCKET_TARGET:
+        buckets *= 2
+    return buckets
 
 
 def _uuid_bytes(conversation_id: str) -> bytes | None:
@@ -119,18 +143,25 @@ class InboundCursor:
     """
     Per conversation, the ``message_count`` up to which its messages were turned into stored events.
 
-    Kept in memory as one dict per bucket, so that encoding a changed bucket touches only its
-    conversations; tracks which buckets changed since the last :meth:`take_dirty` so that a save
-    rewrites only those.
+    Kept in memory as one dict per bucket, so that encoding a bucket touches only its
+    conversations. Remembers the conversations changed since the last compaction (the journal)
+    and the buckets they fall in.
 
     :param counts: the initial counts, e.g. decoded from the store.
+    :param buckets: how many buckets (a power of two up to 256).
     """
 
-    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
-        self._buckets: list[dict[str, int]] = [{} for _ in range(BUCKETS)]
+    def __init__(self, counts: Mapping[str, int] | None = None, buckets: int = 1) -> None:
+        self._buckets: list[dict[str, int]] = [{} for _ in range(buckets)]
+        self.journal: dict[str, int] = {}
         self._dirty: set[int] = set()
         for conversation_id, count in (counts or {}).items():
-            self._buckets[bucket_of(conversation_id)][conversation_id] = count
+            self._buckets[bucket_of(conversation_id, buckets)][conversation_id] = count
+
+    @property
+    def bucket_count(self) -> int:
+        """How many buckets."""
+        return len(self._buckets)
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets)
@@ -141,7 +172,7 @@ class InboundCursor:
 
         :param conversation_id: the conversation's ``id``.
         """
-        return self._buckets[bucket_of(conversation_id)].get(conversation_id)
+        return self._buckets[bucket_of(conversation_id, len(self._buckets))].get(conversation_id)
 
     def put(self, conversation_id: str, count: int) -> None:
         """
@@ -152,10 +183,11 @@ class InboundCursor:
         """
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        index = bucket_of(conversation_id)
+        index = bucket_of(conversation_id, len(self._buckets))
         bucket = self._buckets[index]
         if bucket.get(conversation_id) != count:
             bucket[conversation_id] = count
+            self.journal[conversation_id] = count
             self._dirty.add(index)
 
     def update(self, counts: Mapping[str, int]) -> None:
@@ -167,21 +199,29 @@ class InboundCursor:
         for conversation_id, count in counts.items():
             self.put(conversation_id, count)
 
-    def take_dirty(self) -> set[int]:
-        """The buckets changed since the last call (and forget them)."""
-        dirty, self._dirty = self._dirty, set()
-        return dirty
+    def dirty(self) -> set[int]:
+        """The buckets changed since the last compaction."""
+        return set(self._dirty)
 
-    def mark_dirty(self, buckets: Iterable[int]) -> None:
-        """
-        Make the next save write these buckets again (a save that failed).
+    def compacted(self) -> None:
+        """Forget the journal and the dirty buckets: a compaction wrote them."""
+        self.journal = {}
+        self._dirty = set()
 
-        :param buckets: bucket indexes.
+    def resize(self, buckets: int) -> None:
         """
-        self._dirty |= set(buckets)
+        Split the conversations into ``buckets`` buckets; every non-empty bucket becomes dirty.
+
+        :param buckets: a power of two up to 256.
+        """
+        counts = {cid: count for bucket in self._buckets for cid, count in bucket.items()}
+        self._buckets = [{} for _ in range(buckets)]
+        for conversation_id, count in counts.items():
+            self._buckets[bucket_of(conversation_id, buckets)][conversation_id] = count
+        self.mark_all_dirty()
 
     def mark_all_dirty(self) -> None:
-        """Make the next save write every non-empty bucket (e.g. the first save into a store)."""
+        """Make the next compaction write every non-empty bucket."""
         self._dirty = {index for index, bucket in enumerate(self._buckets) if bucket}
 
     def encode(self, buckets: Iterable[int]) -> dict[int, str]:
@@ -193,16 +233,26 @@ class InboundCursor:
         return {index: encode_bucket(self._buckets[index]) for index in buckets}
 
     @classmethod
-    def decode(cls, buckets: Mapping[int, str]) -> InboundCursor:
+    def decode(cls, buckets: Mapping[int, str], count: int, journal: str | None = None) -> InboundCursor:
         """
-        Build a cursor from stored buckets (missing buckets are empty).
+        Build a cursor from stored buckets (missing ones are empty) and the journal on top.
 
         :param buckets: ``{bucket index: stored text}``.
+        :param count: how many buckets there are.
+        :param journal: the stored journal text, if any.
         """
-        cursor = cls()
+        cursor = cls(buckets=count)
         for value in buckets.values():
-            for conversation_id, count in decode_bucket(value).items():
-                cursor._buckets[bucket_of(conversation_id)][conversation_id] = count
+            for conversation_id, stored in decode_bucket(value).items():
+                cursor._buckets[bucket_of(conversation_id, count)][conversation_id] = stored
+        if journal:
+            for conversation_id, stored in decode_bucket(journal).items():
+                bucket = cursor._buckets[bucket_of(conversation_id, count)]
+                # Counts only grow: a journal older than the buckets cannot move them back.
+                if stored > bucket.get(conversation_id, -1):
+                    bucket[conversation_id] = stored
+                    cursor.journal[conversation_id] = stored
+                    cursor._dirty.add(bucket_of(conversation_id, count))
         return cursor
 
 
@@ -218,37 +268,39 @@ class CursorStore:
     """
     Load and save an :class:`InboundCursor` in one or more asset state stores.
 
-    Keys are ``{prefix}.meta`` (``{"version", "generation", "buckets": [indexes written]}``)
-    and ``{prefix}.bXX`` per bucket (hex index). The prefix names the trigger's scope, so
-    watchers of different scopes on one asset keep separate cursors. With several stores (one
-    trigger watching several assets), every save writes to each, and a load reads the store
-    whose ``generation`` is highest (a store added later is empty or behind).
+    Keys: ``{prefix}.meta`` (``{"version", "generation", "buckets": count, "written": [indexes]}``),
+    ``{prefix}.bXX`` per bucket (hex index) and ``{prefix}.journal`` (the encoded journal). The
+    prefix names the trigger's scope, so watchers of different scopes on one asset keep separate
+    cursors. With several stores (one trigger watching several assets), every save writes to
+    each, and a load reads the store whose ``generation`` (compactions) is highest; a store that
+    has not been written by this instance yet gets a full compaction first.
 
     :param stores: the per-asset accessors.
     :param prefix: the key prefix (the scope).
     """
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, stores: Iterable[StateStore], prefix: str) -> None:
         self.stores = list(stores)
         self.prefix = prefix
         self.generation = 0
         self._written: set[int] = set()
+        self._complete: list[StateStore] = []  # stores holding this cursor's buckets and meta
 
-    def key(self, bucket: int | None) -> str:
+    def key(self, name: int | str) -> str:
         """
-        The store key of a bucket, or of the meta value for ``None``.
+        The store key of a bucket (by index) or of ``"meta"`` / ``"journal"``.
 
-        :param bucket: the bucket index or ``None``.
+        :param name: the bucket index, or ``"meta"`` or ``"journal"``.
         """
-        return f"{self.prefix}.meta" if bucket is None else f"{self.prefix}.b{bucket:02x}"
+        return f"{self.prefix}.b{name:02x}" if isinstance(name, int) else f"{self.prefix}.{name}"
 
     async def load(self) -> InboundCursor | None:
         """The most advanced stored cursor, or ``None`` when no store holds one."""
         best: tuple[int, StateStore, Mapping[str, Any]] | None = None
         for store in self.stores:
-            meta = await store.aget(self.key(None))
+            meta = await store.aget(self.key("meta"))
             if not isinstance(meta, dict) or meta.get("version") != self.VERSION:
                 continue
             if best is None or int(meta["generation"]) > best[0]:
@@ -257,35 +309,63 @@ class CursorStore:
             return None
         generation, store, meta = best
         values: dict[int, str] = {}
-        for index in meta.get("buckets", []):
+        for index in meta.get("written", []):
             value = await store.aget(self.key(int(index)))
             if isinstance(value, str):
                 values[int(index)] = value
+        journal = await store.aget(self.key("journal"))
         self.generation = generation
         self._written = set(values)
-        return InboundCursor.decode(values)
+        self._complete = [store]
+        return InboundCursor.decode(
+            values, int(meta["buckets"]), journal if isinstance(journal, str) else None
+        )
 
     async def save(self, cursor: InboundCursor) -> int:
         """
-        Write the buckets changed since the last save, then the meta value; return the bytes written.
+        Write what changed: the journal alone, or a compaction; return the characters written.
 
         :param cursor: the cursor to save.
         """
-        dirty = cursor.take_dirty()
-        if not dirty and self.generation:
+        if not cursor.journal and all(store in self._complete for store in self.stores):
             return 0
-        encoded = cursor.encode(dirty)
-        self._written |= set(encoded)
-        self.generation += 1
-        meta = {"version": self.VERSION, "generation": self.generation, "buckets": sorted(self._written)}
-        written = 0
-        try:
+        journal = encode_bucket(cursor.journal)
+        if (
+            len(journal) <= JOURNAL_LIMIT
+            and self.generation
+            and all(s in self._complete for s in self.stores)
+        ):
             for store in self.stores:
-                for index, value in sorted(encoded.items()):
-                    await store.aset(self.key(index), value)
-                    written += len(value)
-                await store.aset(self.key(None), meta)
-        except BaseException:
-            cursor.mark_dirty(dirty)  # the next save writes them again
-            raise
+                await store.aset(self.key("journal"), journal)
+            return len(journal) * len(self.stores)
+        return await self._compact(cursor)
+
+    async def _compact(self, cursor: InboundCursor) -> int:
+        buckets = max(cursor.bucket_count, buckets_for(len(cursor)))
+        if buckets != cursor.bucket_count:
+            cursor.resize(buckets)
+            self._written = set()
+        new_stores = [store for store in self.stores if store not in self._complete]
+        if new_stores:
+            cursor.mark_all_dirty()
+        encoded = cursor.encode(cursor.dirty())
+        self._written = (self._written & set(range(buckets))) | set(encoded)
+        # After a resize the buckets written at the old size are stale: the meta lists only those
+        # written at this size.
+        meta: dict[str, Any] = {
+            "version": self.VERSION,
+            "generation": self.generation + 1,
+            "buckets": buckets,
+            "written": sorted(self._written),
+        }
+        written = 0
+        for store in self.stores:
+            for index, value in sorted(encoded.items()):
+                await store.aset(self.key(index), value)
+                written += len(value)
+            await store.aset(self.key("meta"), meta)
+            await store.aset(self.key("journal"), "")
+        self.generation += 1
+        self._complete = list(self.stores)
+        cursor.compacted()
         return written

@@ -414,12 +414,13 @@ class InboundProducer(_ProducerBase):
             except FamulorError as err:
                 await asyncio.sleep(await self._wait_after(err))
         log.info("Inbound watcher started: %d conversation(s) exist, their messages are history", len(cursor))
-        cursor.mark_all_dirty()
         await self.save()
         return poller
 
-    async def open_stream(self) -> AsyncIterator[tuple[ConversationUpdate, tuple[str, int, int]]]:
-        """Poll every ``poll_interval`` seconds and yield each update with its advance payload."""
+    async def open_stream(
+        self,
+    ) -> AsyncIterator[tuple[ConversationUpdate, tuple[str, int, int]] | tuple[None, None]]:
+        """Poll every ``poll_interval`` seconds; yield each update with its advance payload, then a tick."""
         poller = self.poller or await self.start()
         loop = asyncio.get_running_loop()
         while True:
@@ -432,6 +433,9 @@ class InboundProducer(_ProducerBase):
                     yield update, (update.conversation_id, update.start, update.end)
             except FamulorError as err:
                 wait = await self._wait_after(err)
+            # A tick: a subscriber resolves a raw event only when it pulls the next one, so the
+            # poll's last update would otherwise wait for the next customer message to be advanced.
+            yield None, None
             elapsed = loop.time() - started
             stats = poller.stats
             log.log(
@@ -490,5 +494,6 @@ class InboundProducer(_ProducerBase):
         :param batch: Airflow's ``AdvanceItem`` list, in fan-out order.
         """
         for item in batch:
-            self.settle(tuple(item.broker_payload), item.outcome.is_clean)
+            if item.broker_payload is not None:  # None: the tick after a poll
+                self.settle(tuple(item.broker_payload), item.outcome.is_clean)
         await self.save()

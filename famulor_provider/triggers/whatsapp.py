@@ -353,6 +353,8 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
         """One event per customer message of each update (none for an update without one)."""
         async for update in shared_stream:
+            if update is None:  # the producer's tick after each poll
+                continue
             for payload in update.events():
                 yield TriggerEvent(payload)
 
@@ -361,6 +363,8 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         store = getattr(self, "asset_state_store", None)
         producer = self._producer(lambda: [] if store is None else _asset_stores(store))
         async for update, payload in producer.open_stream():
+            if update is None or payload is None:  # the tick after each poll
+                continue
             for event in update.events():
                 yield TriggerEvent(event)
             producer.settle(payload, stored=True)

@@ -120,22 +120,6 @@ async def started(triggerer: Triggerer, store: FakeAssetStateStore) -> None:
     await triggerer.until(lambda: any(key.endswith(".meta") for key in store.values))
 
 
-def test_serialize_holds_no_secret_and_the_store_keys_no_phone_number():
-    t = trigger(famulor_conn_id="famulor_x", customer_phone="+4915112345678", poll_interval=30)
-    classpath, kwargs = t.serialize()
-    assert classpath == "famulor_provider.triggers.whatsapp.WhatsAppInboundMessageTrigger"
-    assert kwargs == {
-        "famulor_conn_id": "famulor_x",
-        "sender_phone": SENDER,
-        "customer_phone": "+4915112345678",
-        "poll_interval": 30.0,
-    }
-    assert WhatsAppInboundMessageTrigger(**kwargs).serialize() == (classpath, kwargs)
-    prefix = t.cursor_key_prefix()
-    assert prefix.startswith("famulor_inbound.") and "4915" not in prefix and "4930" not in prefix
-    assert prefix != trigger(famulor_conn_id="famulor_x").cursor_key_prefix()
-
-
 def test_history_is_not_an_event_and_assistant_messages_never_are(famulor_sandbox: Any):
     famulor_sandbox.add_conversation(
         SENDER,
@@ -417,35 +401,6 @@ def test_early_stop_only_when_the_listing_is_ordered_by_activity(
 
     measured: list[tuple[int, bool, bool]] = []
     assert asyncio.run(scenario()) == costs
-
-
-def test_run_without_a_store_airflow_3_1_semantics(famulor_sandbox: Any):
-    """run() (Airflow 3.0 - 3.2): history at start, one event per new message, cursor in memory."""
-    famulor_sandbox.add_conversation(SENDER, "+4915100000051", history=[{"role": "user", "content": "old"}])
-
-    async def scenario() -> list[str]:
-        t = trigger()
-        events: list[str] = []
-
-        async def consume() -> None:
-            async for event in t.run():
-                events.append(event.payload["text"])
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)  # the baseline
-        famulor_sandbox.receive(SENDER, "+4915100000051", "one")
-        famulor_sandbox.receive(SENDER, "+4915100000051", "two")
-        deadline = time.monotonic() + 10
-        while len(events) < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return events
-
-    assert asyncio.run(scenario()) == ["one", "two"]
 
 
 def test_a_trigger_watching_several_assets_writes_the_cursor_to_each():
