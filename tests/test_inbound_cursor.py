@@ -120,7 +120,7 @@ def test_the_buckets_grow_with_the_account_and_stay_under_the_limit():
 
 def test_a_kill_between_any_two_writes_leaves_the_cursor_behind_never_ahead():
     ids = _ids(3000)  # 4 buckets: a compaction writes them, the meta value and the journal
-    for fail_after in range(0, 6):
+    for fail_after in range(6):
 
         class Dying(FakeAssetStateStore):
             writes_left = 10**9
