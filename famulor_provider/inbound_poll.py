@@ -43,17 +43,21 @@ sensor), and the interval stretches when a poll costs more than the budget allow
 
 **The guarantee on 3.3.** :class:`InboundProducer` is the ack-mode producer: a raw event is one
 conversation's new messages (:class:`ConversationUpdate`), its payload ``(conversation_id, start,
-end)``. ``advance`` moves the cursor over clean updates only (and only contiguously: the cursor
-must be at ``start``), then writes the changed cursor buckets to the asset state store; an update
-that is not clean is forgotten, so the next poll reads the conversation again from the cursor.
-The producer cannot reach the trigger instance that holds the injected store: each instance
-registers its store in this process under the shared stream key from ``shared_stream_key()``
-(after the injection, before the stream starts) and the producer reads the registered stores at
-start and at each advance. Hence every message is written to ``asset_event`` before the cursor
-passes it (none lost across kills, restarts or a move to another triggerer), and a kill after the
-write but before the cursor write (about one state sync plus the advance) makes the next
-triggerer emit those messages once more, with the same ``dedupe_key``: at most one extra event per
-message per kill, none within one triggerer's lifetime.
+end)``; after each poll it yields a tick (``None``), so that the poll's last update resolves
+without waiting for the next customer message. ``advance`` moves the cursor over clean updates
+only (and only contiguously: the cursor must be at ``start``), then writes the cursor's journal
+to the asset state store (one value, see :mod:`famulor_provider.inbound_cursor`: each store
+access from the triggerer is a round trip through its supervisor); an update that is not clean
+is forgotten, so the next poll reads the conversation again from the cursor. The producer cannot
+reach the trigger instance that holds the injected store: each instance registers its store in
+this process under the shared stream key from ``shared_stream_key()`` (after the injection,
+before the stream starts) and the producer reads the registered stores at start and at each
+advance. Hence every message is written to ``asset_event`` before the cursor passes it (none
+lost across kills, restarts or a move to another triggerer), and a kill after that write but
+before the cursor write (about one state sync plus one store write) makes the next triggerer
+emit those messages once more, with the same ``dedupe_key``: at most one extra event per message
+per kill, none within one triggerer's lifetime (unless Airflow could not confirm a write within
+``[triggerer] shared_stream_ack_timeout``: the update is then read and emitted again).
 """
 
 from __future__ import annotations
@@ -481,7 +485,7 @@ class InboundProducer(_ProducerBase):
             self.poller.release(conversation_id)
 
     async def save(self) -> None:
-        """Write the buckets of the cursor that changed to every current store."""
+        """Write what changed in the cursor (its journal, or a compaction) to every current store."""
         assert self.poller is not None and self.poller.cursor is not None
         self.cursor_store.stores = self._stores()
         if self.cursor_store.stores:
@@ -496,4 +500,9 @@ class InboundProducer(_ProducerBase):
         for item in batch:
             if item.broker_payload is not None:  # None: the tick after a poll
                 self.settle(tuple(item.broker_payload), item.outcome.is_clean)
-        await self.save()
+        try:
+            await self.save()
+        except Exception:
+            # The journal stays in memory and the next advance writes it again; meanwhile the
+            # stored cursor is behind (a restart would repeat events), never ahead.
+            log.warning("Could not write the inbound cursor to the asset state store", exc_info=True)

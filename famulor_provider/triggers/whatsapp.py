@@ -264,7 +264,7 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
     ``sender_phone``, ``customer_phone``) in one triggerer share one producer, hence one poll.
     Airflow calls the producer's ``advance(batch)`` only after the events derived from each
     update were stored in the metadata database (confirmed on the next state sync); only then
-    does the cursor move, and the changed buckets are written to the asset state store. The
+    does the cursor move, and its journal is written to the asset state store. The
     producer is built from serialized kwargs and cannot reach the trigger instance into which
     Airflow injected ``asset_state_store``: each instance registers its store in this process
     under the shared stream key when Airflow asks for that key (after the injection, before the
