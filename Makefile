@@ -121,6 +121,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 # tests/system/deployment.py), on 127.0.0.1 in a temporary home, every process stopped by its id:
 # - the famulor_wait_for_sender example DAG (scheduler + triggerer, + api-server and dag-processor
 #   on Airflow 3): the sensor deferred and resumed. About 30-60 s per line.
+# - the famulor_whatsapp_confirmation example DAG: the reply sensor deferred, the triggerer polled
+#   the conversations, and it resumed in the same try when the sandbox's customer answered.
+#   About 45-80 s per line.
 # - latest line only: the CeleryExecutor with Debian's redis-server (installed with apt-get if
 #   missing) and two workers; the worker running a task is SIGKILLed mid-try and the retry
 #   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
@@ -155,7 +158,9 @@ test-system: $(if $(filter latest,$(SYSTEM_AIRFLOW_VERSIONS)),redis-server) \
 	echo "test-system passed on Airflow: $(SYSTEM_AIRFLOW_VERSIONS)"
 
 # demo: the sandbox (or the real API with FAMULOR_API_KEY), the example DAGs with `airflow dags
-# test` on .airflow/latest/, then what reached XCom. The sandbox is stopped by PID on exit.
+# test` on .airflow/latest/, then what reached XCom. The sandbox's customer answers YES 3 s after
+# each send (famulor_whatsapp_confirmation waits for it and prints the branch it took). The
+# sandbox is stopped by PID on exit.
 define PRINT_XCOM
 import json, sqlite3, sys
 db, dag_id = sys.argv[1], sys.argv[2]
@@ -204,14 +209,16 @@ demo: .airflow/latest/airflow.db
 		dags="famulor_whatsapp_senders"; \
 	else \
 		port_file=$$(mktemp); rm -f $$port_file; \
-		.venv/bin/python -m famulor_provider.testing serve --port 0 --port-file $$port_file >$$home/sandbox.log 2>&1 & pid=$$!; \
+		.venv/bin/python -m famulor_provider.testing serve --port 0 --port-file $$port_file \
+			--customer-reply YES --customer-reply-after 3 >$$home/sandbox.log 2>&1 & pid=$$!; \
 		trap 'kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; rm -f $$port_file' EXIT; \
 		for _ in $$(seq 100); do [ -s $$port_file ] && break; sleep 0.1; done; \
 		[ -s $$port_file ] || { echo "sandbox did not start"; cat $$home/sandbox.log; exit 1; }; \
 		port=$$(cat $$port_file); echo "Sandbox (PID $$pid) on http://127.0.0.1:$$port/api"; \
 		export AIRFLOW_CONN_FAMULOR_DEFAULT="{\"conn_type\": \"famulor\", \"host\": \"http://127.0.0.1:$$port/api\", \"password\": \"sandbox-api-key\"}"; \
 		rm -f $$home/ledger.since; \
-		dags="famulor_whatsapp_senders famulor_whatsapp_campaign famulor_whatsapp_per_recipient famulor_alert_on_failure"; \
+		dags="famulor_whatsapp_senders famulor_whatsapp_campaign famulor_whatsapp_per_recipient famulor_alert_on_failure famulor_whatsapp_confirmation"; \
+		export FAMULOR_EXAMPLE_POKE_INTERVAL=1; \
 	fi; \
 	for dag in $$dags; do \
 		echo "=== airflow dags test $$dag ==="; \

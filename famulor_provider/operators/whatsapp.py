@@ -168,6 +168,20 @@ def send_failures(*, sending: bool = False) -> Iterator[None]:
         ) from err
 
 
+def sent_result(operator: Any, message: Any) -> dict[str, Any]:
+    """A single send's result (XCom): the message, plus where "after the send" begins for a reply
+    sensor (one short read; skipped when nothing is pushed to XCom).
+
+    :param operator: the send operator (its hook and ``do_xcom_push``).
+    :param message: the accepted ``WhatsAppMessage``.
+    """
+    from famulor_provider.replies import AFTER_SEND_KEYS, history_after_send
+
+    if not operator.do_xcom_push:
+        return {**message.to_dict(), **dict.fromkeys(AFTER_SEND_KEYS)}
+    return {**message.to_dict(), **history_after_send(operator.hook, message)}
+
+
 class ListWhatsAppTemplatesOperator(FamulorHookMixin, BaseOperator):
     """
     List a sender's message templates and push them to XCom (a list of template dicts).
@@ -296,7 +310,7 @@ class SendWhatsAppTemplateOperator(FamulorHookMixin, BaseOperator):
             message = self.hook.send_whatsapp_template(
                 sender_id, template_id, phone, variables=variables, recipient_name=name or None
             )
-        return message.to_dict()
+        return sent_result(self, message)
 
     def _template_id(self, sender_id: int) -> int:
         """The given ``template_id``, or the id of the approved template called ``template_name``."""
@@ -383,7 +397,7 @@ class SendWhatsAppFreeformOperator(FamulorHookMixin, BaseOperator):
                 message = self.hook.send_whatsapp_template(
                     sender_id, fallback_id, phone, variables=fallback_variables
                 )
-        return message.to_dict()
+        return sent_result(self, message)
 
 
 class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):

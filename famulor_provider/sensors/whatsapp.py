@@ -199,3 +199,295 @@ class WhatsAppSenderSensor(FamulorHookMixin, BaseSensorOperator):
         if status == "error":
             raise error_from_event(event)
         raise FamulorError(f"WhatsAppSenderTrigger sent an unexpected event: {event!r}")
+
+
+# A reply is worth knowing within a minute; 60 s polls also keep 1,000 waiting sensors cheap.
+DEFAULT_REPLY_POKE_INTERVAL = 60.0
+
+
+class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
+    """
+    Wait for a customer's WhatsApp reply, e.g. YES or NO to a confirmation template.
+
+    ``after`` is a single send's result (``SendWhatsAppTemplateOperator`` or
+    ``SendWhatsAppFreeformOperator``, ``send.output``): customer messages written after that send
+    count, also those written before the sensor's first poke. Without ``after``, ``sender_id`` and
+    ``recipient_phone`` name the conversation and only messages that arrive after the sensor
+    starts count (poke and deferrable mode only: Airflow clears a task's XCom at each reschedule
+    and messages carry no time, so reschedule mode needs ``after``). The assistant's messages
+    never count.
+
+    With ``choices`` a reply counts only when it equals one of them, ignoring case and the spaces
+    and punctuation around it (``" yes! "`` is ``YES``; ``"Yes, but later"`` is not); other
+    replies are logged and waited past. The sensor returns (XCom) ``conversation_id`` (uuid),
+    ``sender_phone``, ``recipient_phone``, ``text`` (the reply as written), ``choice`` (the entry
+    of ``choices`` as written there, or ``None``), ``message_index`` and ``replies`` (every
+    customer message after the send seen so far, in order); the same in every mode.
+
+    An unknown ``sender_id`` and a bad key fail at once; transient faults (429, 5xx, timeouts)
+    are logged and waited past; a conversation that does not exist yet is waited for. Deferred
+    sensors of one connection share their polling in the triggerer (see the README, "Waiting for
+    a reply", for what an interval costs).
+
+    :param after: a single send's result (the dict in XCom).
+    :param sender_id: the sender, when there is no ``after``.
+    :param recipient_phone: the customer (E.164), when there is no ``after``.
+    :param choices: the accepted answers, e.g. ``["YES", "NO"]``; ``None``: any reply.
+    :param famulor_conn_id: the Famulor connection.
+    :param deferrable: wait in the triggerer instead of a worker slot; ``None`` (default) follows
+        ``[operators] default_deferrable``, read when the task runs.
+    :param poke_interval: seconds between polls (default 60).
+    """
+
+    template_fields: Sequence[str] = ("after", "sender_id", "recipient_phone", "choices", "famulor_conn_id")
+    ui_color = "#dcf8c6"
+
+    def __init__(
+        self,
+        *,
+        after: Any = None,
+        sender_id: int | None = None,
+        recipient_phone: str | None = None,
+        choices: Iterable[str] | None = None,
+        famulor_conn_id: str = "famulor_default",
+        deferrable: bool | None = None,
+        poke_interval: timedelta | float = DEFAULT_REPLY_POKE_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        self.after = after
+        self.sender_id = sender_id
+        self.recipient_phone = recipient_phone
+        self.choices = choices
+        self.famulor_conn_id = famulor_conn_id
+        self.deferrable = deferrable
+        if after is None and self.mode == "reschedule":
+            from famulor_provider.exceptions import FamulorValidationError
+
+            raise FamulorValidationError("after", RESCHEDULE_NEEDS_AFTER)
+        self._progress: Any = None
+
+    # -- the awaited reply ------------------------------------------------------------------------
+
+    def _after(self) -> dict[str, Any] | None:
+        """The rendered ``after`` as a dict (``None`` when not given); checked."""
+        import ast
+        import json
+
+        from famulor_provider.exceptions import FamulorValidationError
+        from famulor_provider.validation import is_blank
+
+        after = self.after
+        if is_blank(after):
+            return None
+        if isinstance(after, str):  # rendered by a Jinja template as text
+            try:
+                after = json.loads(after)
+            except ValueError:
+                try:
+                    after = ast.literal_eval(after)
+                except (ValueError, SyntaxError):
+                    after = None
+        if (
+            not isinstance(after, dict)
+            or is_blank(after.get("sender_id"))
+            or is_blank(after.get("recipient_phone"))
+        ):
+            raise FamulorValidationError(
+                "after",
+                "expected a single send's result (a dict with sender_id and recipient_phone), e.g. "
+                f"after=send.output of SendWhatsAppTemplateOperator; got {type(self.after).__name__}",
+            )
+        return after
+
+    def _target(self) -> tuple[dict[str, Any] | None, int, str]:
+        """(``after``, sender id, recipient phone), checked; raises ``FamulorValidationError``."""
+        from famulor_provider.exceptions import FamulorValidationError
+        from famulor_provider.validation import check_id, check_phone, is_blank
+
+        after = self._after()
+        if after is None:
+            if self.mode == "reschedule":
+                raise FamulorValidationError("after", RESCHEDULE_NEEDS_AFTER)
+            if is_blank(self.sender_id) or is_blank(self.recipient_phone):
+                raise FamulorValidationError(
+                    "after",
+                    "give after=send.output, or sender_id and recipient_phone to name the conversation",
+                )
+            return None, check_id(self.sender_id, "sender_id"), check_phone(self.recipient_phone)
+        return after, check_id(after["sender_id"], "after"), check_phone(after["recipient_phone"], "after")
+
+    def _watch(self) -> Any:
+        """The awaited reply, resolved on the worker: the sender's number and where "after" begins."""
+        from famulor_provider.models import check_choices
+        from famulor_provider.privacy import phone_for_log
+        from famulor_provider.replies import ReplyWatch, baseline_from_send, sender_phone_of
+
+        after, sender_id, phone = self._target()
+        choices = check_choices(self.choices)
+        sender_phone = sender_phone_of(
+            self.hook.list_whatsapp_senders(status="all"), sender_id, self.famulor_conn_id
+        )
+        if after is not None:
+            baseline = baseline_from_send(after, sender_phone)
+            if baseline is None:
+                self.log.warning(
+                    "The send recorded no history length (its read failed): only messages that arrive "
+                    "after this sensor's first read count"
+                )
+        else:
+            conversation = self._listed(sender_phone, phone)
+            baseline = 0 if conversation is None else conversation.message_count
+        self.log.info(
+            "Waiting for a reply of %s to sender %s (%s) after message %s",
+            phone_for_log(phone),
+            sender_id,
+            sender_phone,
+            "?" if baseline is None else baseline,
+        )
+        return ReplyWatch(sender_phone, phone, baseline, choices)
+
+    def _listed(self, sender_phone: str, recipient_phone: str) -> Any:
+        conversations = self.hook.list_conversations(
+            whatsapp_sender_phone=sender_phone, customer_phone=recipient_phone
+        )
+        return next((c for c in conversations if c.is_between(sender_phone, recipient_phone)), None)
+
+    # -- modes ------------------------------------------------------------------------------------
+
+    def _is_deferrable(self) -> bool:
+        if self.deferrable is None:  # read when the task runs, never at import
+            from airflow.providers.common.compat.sdk import conf
+
+            return conf.getboolean("operators", "default_deferrable", fallback=False)
+        return bool(self.deferrable)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from airflow.providers.common.compat.sdk import PokeReturnValue
+
+        from famulor_provider.exceptions import FamulorConversationNotFoundError, FamulorError
+        from famulor_provider.replies import ReplyProgress
+        from famulor_provider.transport import is_retryable_read
+
+        try:
+            if self._progress is None:
+                self._progress = ReplyProgress(self._watch())
+            progress = self._progress
+            conversation = self._listed(progress.watch.sender_phone, progress.watch.recipient_phone)
+            reply = None
+            if progress.needs_read(conversation, exact=True):
+                reply = progress.on_history(self.hook.get_conversation(conversation.id))
+        except FamulorError as err:
+            if not (is_retryable_read(err) or isinstance(err, FamulorConversationNotFoundError)):
+                raise
+            self.log.warning("Famulor is unavailable for now (%s); still waiting", err)
+            return PokeReturnValue(is_done=False)
+        if reply is None:
+            return PokeReturnValue(is_done=False)
+        self._log_reply(reply)
+        return PokeReturnValue(is_done=True, xcom_value=reply)
+
+    def _log_reply(self, reply: dict[str, Any]) -> None:
+        from famulor_provider.privacy import phone_for_log
+
+        self.log.info(
+            "%s replied (message %d)%s",
+            phone_for_log(reply["recipient_phone"]),
+            reply["message_index"],
+            "" if reply["choice"] is None else f": {reply['choice']}",
+        )
+
+    def execute(self, context: Context) -> Any:
+        self._progress = None  # each try starts from the send (or from its own start)
+        if not self._is_deferrable():
+            after = self._after()
+            if (
+                self.mode == "reschedule"
+                and after is not None
+                and not isinstance(after.get("history_lengths_after_send"), dict)
+            ):
+                # Reschedule mode cannot keep a baseline learnt by its first read between pokes.
+                self.log.warning(
+                    "The send recorded no history length and reschedule mode keeps nothing between "
+                    "pokes: this try waits in place (poke mode)"
+                )
+                self.mode = "poke"
+            return super().execute(context)
+        started_at = time.time()
+        after, sender_id, phone = self._target()
+        from famulor_provider.models import check_choices
+
+        choices = check_choices(self.choices)
+        # Imported here: the trigger module pulls in Airflow's trigger base at DAG-parse time.
+        from famulor_provider.triggers.whatsapp import WhatsAppReplyTrigger
+
+        if after is not None:  # no request on the worker: the triggerer looks the sender up, shared
+            trigger = WhatsAppReplyTrigger(
+                famulor_conn_id=self.famulor_conn_id,
+                recipient_phone=phone,
+                sender_id=sender_id,
+                history_lengths_after_send=after.get("history_lengths_after_send")
+                if isinstance(after.get("history_lengths_after_send"), dict)
+                else None,
+                choices=choices,
+                poll_interval=self.poke_interval,
+                end_time=started_at + self.timeout,
+            )
+        else:  # only messages after this moment count: learn the history's length now
+            from famulor_provider.exceptions import FamulorError
+            from famulor_provider.transport import is_retryable_read
+
+            try:
+                watch = self._watch()
+                sender_phone, baseline = watch.sender_phone, watch.baseline
+            except FamulorError as err:
+                if not is_retryable_read(err):
+                    raise
+                self.log.warning(
+                    "Famulor is unavailable for now (%s): the trigger's first read will set where "
+                    "replies begin",
+                    err,
+                )
+                sender_phone, baseline = None, None
+            trigger = WhatsAppReplyTrigger(
+                famulor_conn_id=self.famulor_conn_id,
+                recipient_phone=phone,
+                sender_id=sender_id,
+                sender_phone=sender_phone,
+                baseline=baseline,
+                choices=choices,
+                poll_interval=self.poke_interval,
+                end_time=started_at + self.timeout,
+            )
+        # The trigger ends itself at the sensor's end time, so every Airflow line sees an
+        # AirflowSensorTimeout (2.11 would raise TaskDeferralTimeout from the deferral timeout).
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
+        return None  # not reached: defer() raises
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: return the reply, or raise its timeout or error."""
+        from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException
+
+        from famulor_provider.exceptions import FamulorError, error_from_event
+
+        event = event or {}
+        status = event.get("status")
+        if status == "success":
+            reply: dict[str, Any] = event["reply"]
+            self._log_reply(reply)
+            return reply
+        if status == "timeout":
+            message = str(event.get("message") or "Sensor has timed out")
+            if self.soft_fail:
+                raise AirflowSkipException(message)
+            raise AirflowSensorTimeout(message)
+        if status == "error":
+            raise error_from_event(event)
+        raise FamulorError(f"WhatsAppReplyTrigger sent an unexpected event: {event!r}")
+
+
+RESCHEDULE_NEEDS_AFTER = (
+    "mode='reschedule' needs after=<a send's result>: Airflow clears a task's XCom at each "
+    "reschedule and messages carry no time, so without the send's record the sensor cannot tell "
+    "which messages came after it started. Pass after=send.output, or use mode='poke' or deferrable=True"
+)

@@ -8,21 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from famulor_provider.exceptions import FamulorError, FamulorTimeoutError, error_event
+from famulor_provider.exceptions import (
+    FamulorConversationNotFoundError,
+    FamulorError,
+    FamulorTimeoutError,
+    FamulorValidationError,
+    error_event,
+)
 from famulor_provider.get_provider_info import DEFAULT_TIMEOUT
-from famulor_provider.models import SenderCriteria, WhatsAppSender, matching_senders
+from famulor_provider.models import (
+    ConversationHistory,
+    SenderCriteria,
+    WhatsAppConversation,
+    WhatsAppSender,
+    matching_senders,
+)
+from famulor_provider.validation import normalize_phone
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+    from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 
     from famulor_provider.inbound_poll import InboundProducer
+    from famulor_provider.replies import ReplyProgress, ReplyWatch
 
 DEFAULT_POLL_INTERVAL = 300.0  # Famulor syncs sender status with Meta every 5 minutes
+DEFAULT_REPLY_POLL_INTERVAL = 60.0
 MIN_POLL_INTERVAL = 0.1  # a floor, so that a poll interval of 0 cannot become a hot loop
 
 
@@ -209,6 +226,338 @@ class WhatsAppSenderTrigger(BaseTrigger):
                 )
             remaining = self._remaining()
             await asyncio.sleep(wait if remaining is None else max(0.0, min(wait, remaining)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Replies: every reply trigger of a connection in one triggerer shares one poller.
+
+SENDER_PHONES_MAX_AGE = 3600.0  # a sender's number does not change: list the senders at most hourly
+
+
+@dataclass
+class _Listed:
+    """What a round found for one watched conversation: the listing's item (``None``: not listed)."""
+
+    conversation: WhatsAppConversation | None
+    exact: bool  # from a listing filtered by sender and customer: absence is proof
+    round: int
+
+
+class ConversationPoller:
+    """
+    Polls the conversations of one connection for every reply trigger of an event loop.
+
+    A round lists what the registered triggers wait for, the cheaper of two ways: the whole
+    WhatsApp listing (its pages, ``per_page=100``) or one listing filtered by sender and customer
+    per awaited conversation. While the number of pages is unknown a whole walk stops after as
+    many pages as there are conversations to poll, and the round finishes with filtered listings
+    (at most twice the cheaper cost, once). Rounds start at most once per shortest poll interval,
+    stretched by the polling budget; every request takes a slot of the connection's budget.
+    A history is read at most once per conversation and ``message_count`` (shared by the triggers
+    waiting on it), only when a trigger sees the count grow past what it knows.
+
+    :param famulor_conn_id: the Famulor connection.
+    """
+
+    def __init__(self, famulor_conn_id: str) -> None:
+        self.famulor_conn_id = famulor_conn_id
+        self.watchers: dict[int, tuple[tuple[str, str], float]] = {}
+        self.results: dict[tuple[str, str], _Listed] = {}
+        self.rounds = 0
+        self.requests = 0  # every request this poller sent (for the benchmark and the logs)
+        self.full_pages: int | None = None  # pages of the whole listing; a lower bound after a stopped walk
+        self._round: asyncio.Task[None] | None = None
+        self._next_round_at = 0.0
+        self._spent_at_round = 0
+        self._reads: dict[tuple[str, Any], asyncio.Task[ConversationHistory]] = {}
+
+    @cached_property
+    def hook(self) -> Any:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        return FamulorHook(self.famulor_conn_id)
+
+    def register(self, token: int, key: tuple[str, str], interval: float) -> None:
+        self.watchers[token] = (key, interval)
+
+    def unregister(self, token: int) -> None:
+        self.watchers.pop(token, None)
+        keys = {key for key, _ in self.watchers.values()}
+        for key in [k for k in self.results if k not in keys]:
+            del self.results[key]
+
+    async def conversation(self, key: tuple[str, str], after_round: int) -> _Listed:
+        """The listing's item for ``key`` from a round later than ``after_round`` (joining or starting it).
+
+        :param key: (business number, customer), normalised; registered before.
+        :param after_round: the round of the caller's previous result (0 at first).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            listed = self.results.get(key)
+            if listed is not None and listed.round > after_round:
+                return listed
+            if self._round is None or self._round.done():
+                self._round = loop.create_task(self._run_round())
+                self._round.add_done_callback(_retrieve_exception)
+            await asyncio.shield(self._round)
+
+    async def history(self, conversation: WhatsAppConversation) -> ConversationHistory:
+        """The conversation's history, read once per ``message_count`` for every trigger that asks."""
+        key = (
+            conversation.id,
+            conversation.message_count if conversation.message_count is not None else self.rounds,
+        )
+        task = self._reads.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            for stale in [k for k in self._reads if k[0] == conversation.id and k != key]:
+                del self._reads[stale]
+            task = self._reads[key] = asyncio.get_running_loop().create_task(self._read(conversation.id))
+            task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(task)
+
+    async def _slot(self) -> None:
+        from famulor_provider import polling
+
+        config = await self.hook.aget_config()
+        await polling.POLLING_BUDGET.acquire(self.famulor_conn_id, config.poll_requests_per_minute)
+        self.requests += 1
+
+    async def _read(self, conversation_id: str) -> ConversationHistory:
+        await self._slot()
+        history: ConversationHistory = await self.hook.aget_conversation(conversation_id, max_retries=0)
+        return history
+
+    async def _run_round(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._next_round_at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        config = await self.hook.aget_config()
+        keys = {key for key, _ in self.watchers.values()}
+        if not keys:
+            return
+        started = loop.time()
+        number = self.rounds + 1
+        found: dict[tuple[str, str], _Listed] = {}
+        if len(keys) > 1 and (self.full_pages is None or self.full_pages < len(keys)):
+            found = await self._walk(keys, number)
+        for key in keys - found.keys():
+            await self._slot()
+            listed = await self.hook.alist_conversations(
+                whatsapp_sender_phone=key[0], customer_phone=key[1], max_retries=0
+            )
+            match = next((c for c in listed if c.is_between(*key)), None)
+            found[key] = _Listed(match, exact=True, round=number)
+        self.results.update(found)
+        self.rounds = number
+        interval = min(i for _, i in self.watchers.values()) if self.watchers else DEFAULT_POLL_INTERVAL
+        # What one interval costs: this round's listings plus the reads the last round led to.
+        cost, self._spent_at_round = self.requests - self._spent_at_round, self.requests
+        from famulor_provider import polling
+
+        stretched = polling.POLLING_BUDGET.interval(
+            self.famulor_conn_id, cost, interval, config.poll_requests_per_minute
+        )
+        self._next_round_at = started + stretched
+
+    async def _walk(self, keys: set[tuple[str, str]], number: int) -> dict[tuple[str, str], _Listed]:
+        """The whole listing, or nothing when it proves dearer than filtered listings."""
+        found: dict[tuple[str, str], _Listed] = {}
+        pages = 0
+        async for page in self.hook.aiter_conversation_pages(max_retries=0, before_page=self._slot):
+            pages += 1
+            for conversation in page:
+                key = (
+                    normalize_phone(conversation.sender_phone or ""),
+                    normalize_phone(conversation.customer_phone or ""),
+                )
+                if key in keys:
+                    found[key] = _Listed(conversation, exact=False, round=number)
+            if pages >= len(keys):  # as dear as the filtered listings already: stop, keep what it found
+                self.full_pages = pages + 1
+                return found
+        self.full_pages = pages
+        return {key: found.get(key, _Listed(None, exact=False, round=number)) for key in keys}
+
+
+# Keyed by event loop (the triggerer runs one; tests make new ones) and connection.
+_pollers: dict[tuple[asyncio.AbstractEventLoop, str], ConversationPoller] = {}
+
+
+def conversation_poller(famulor_conn_id: str) -> ConversationPoller:
+    """The poller of ``famulor_conn_id`` shared by every reply trigger of the running event loop."""
+    loop = asyncio.get_running_loop()
+    poller = _pollers.get((loop, famulor_conn_id))
+    if poller is None:
+        for stale in [k for k in _pollers if k[0].is_closed()]:
+            del _pollers[stale]
+        poller = _pollers[(loop, famulor_conn_id)] = ConversationPoller(famulor_conn_id)
+    return poller
+
+
+class WhatsAppReplyTrigger(BaseTrigger):
+    """
+    Wait for a customer's reply in the conversation of ``sender_phone`` (or ``sender_id``) with
+    ``recipient_phone``, after position ``baseline`` of its history.
+
+    Every reply trigger of a connection in this triggerer shares one :class:`ConversationPoller`:
+    per interval the API sees the listing's pages (or one filtered listing per awaited
+    conversation, whichever is cheaper) plus one read per conversation whose ``message_count``
+    grew. Yields exactly one event: ``{"status": "success", "reply": {...}}``, ``{"status":
+    "error", ...}`` for what waiting cannot fix (auth, unknown sender), or ``{"status":
+    "timeout", "message", "replies"}`` at ``end_time``. Transient faults are logged and the next
+    poll is the retry. Running again after a triggerer restart finds the same reply.
+
+    :param famulor_conn_id: the Famulor connection.
+    :param recipient_phone: the customer (E.164).
+    :param sender_id: the sender; its number is looked up when ``sender_phone`` is not given.
+    :param sender_phone: the business number.
+    :param baseline: the history's length after the send; ``None``: unknown (the first read sets it).
+    :param history_lengths_after_send: a send's ``history_lengths_after_send``, for the baseline
+        once the sender's number is known (used when ``baseline`` is ``None``).
+    :param choices: the accepted answers, or ``None`` for any reply.
+    :param poll_interval: seconds between polls (stretched by the connection's polling budget).
+    :param end_time: when to give up, as epoch seconds or an ISO 8601 string; ``None``: never.
+    """
+
+    def __init__(
+        self,
+        *,
+        recipient_phone: str,
+        famulor_conn_id: str = "famulor_default",
+        sender_id: int | None = None,
+        sender_phone: str | None = None,
+        baseline: int | None = None,
+        history_lengths_after_send: Mapping[str, int] | None = None,
+        choices: Sequence[str] | None = None,
+        poll_interval: float = DEFAULT_REPLY_POLL_INTERVAL,
+        end_time: float | str | None = None,
+    ) -> None:
+        super().__init__()
+        if sender_id is None and sender_phone is None:
+            raise FamulorValidationError("sender_id", "give sender_id or sender_phone")
+        self.famulor_conn_id = famulor_conn_id
+        self.recipient_phone = recipient_phone
+        self.sender_id = sender_id
+        self.sender_phone = sender_phone
+        self.baseline = baseline
+        self.history_lengths_after_send = (
+            None if history_lengths_after_send is None else dict(history_lengths_after_send)
+        )
+        self.choices = None if choices is None else list(choices)
+        self.poll_interval = max(float(poll_interval), MIN_POLL_INTERVAL)
+        if isinstance(end_time, str):
+            end_time = datetime.fromisoformat(end_time).timestamp()
+        self.end_time = None if end_time is None else float(end_time)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and JSON primitives only: never the API key (the triggerer loads the connection)."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "famulor_conn_id": self.famulor_conn_id,
+                "recipient_phone": self.recipient_phone,
+                "sender_id": self.sender_id,
+                "sender_phone": self.sender_phone,
+                "baseline": self.baseline,
+                "history_lengths_after_send": self.history_lengths_after_send,
+                "choices": self.choices,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    def _remaining(self) -> float | None:
+        return None if self.end_time is None else self.end_time - time.time()
+
+    async def _watch(self) -> ReplyWatch:
+        """The awaited reply, with the sender's number looked up (shared, hourly) when needed."""
+        from famulor_provider.replies import ReplyWatch, baseline_from_send, sender_phone_of
+
+        phone = self.sender_phone
+        if phone is None:
+            senders = await shared_senders(self.famulor_conn_id, max_age=SENDER_PHONES_MAX_AGE)
+            phone = sender_phone_of(senders, int(self.sender_id or 0), self.famulor_conn_id)
+        baseline = self.baseline
+        if baseline is None and self.history_lengths_after_send is not None:
+            baseline = baseline_from_send(
+                {"history_lengths_after_send": self.history_lengths_after_send}, phone
+            )
+        choices = None if self.choices is None else tuple(self.choices)
+        return ReplyWatch(phone, self.recipient_phone, baseline, choices)
+
+    def _timeout_event(self, progress: ReplyProgress | None) -> TriggerEvent:
+        from famulor_provider.privacy import phone_for_log
+
+        replies: list[str] = []
+        if progress is not None and progress.last_history is not None and progress.watch.baseline is not None:
+            replies = [m.content for m in progress.last_history.customer_messages(progress.watch.baseline)]
+        what = "a reply" if self.choices is None else f"a reply in {self.choices}"
+        return TriggerEvent(
+            {
+                "status": "timeout",
+                "message": f"Sensor has timed out: no {what} from {phone_for_log(self.recipient_phone)} "
+                "by the end time",
+                "replies": replies,
+            }
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from famulor_provider.transport import MAX_RETRY_AFTER, is_retryable_read
+
+        poller = conversation_poller(self.famulor_conn_id)
+        token = id(self)
+        progress: ReplyProgress | None = None
+        after_round = 0
+        try:
+            while True:
+                wait = self.poll_interval
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    yield self._timeout_event(progress)
+                    return
+                try:
+                    result = await asyncio.wait_for(
+                        self._poll(poller, token, progress, after_round), remaining
+                    )
+                except asyncio.TimeoutError:
+                    continue  # the end time came while waiting: the next check ends the loop
+                except FamulorError as err:
+                    if not is_retryable_read(err) and not isinstance(err, FamulorConversationNotFoundError):
+                        yield TriggerEvent(error_event(err))
+                        return
+                    self.log.warning("Famulor is unavailable for now (%s); still waiting", err)
+                    retry_after = getattr(err, "retry_after", None)
+                    if retry_after is not None:
+                        wait = max(wait, min(float(retry_after), MAX_RETRY_AFTER))
+                except Exception as err:
+                    yield TriggerEvent(error_event(err))
+                    return
+                else:
+                    progress, after_round, reply = result
+                    if reply is not None:
+                        yield TriggerEvent({"status": "success", "reply": reply})
+                        return
+                remaining = self._remaining()
+                await asyncio.sleep(wait if remaining is None else max(0.0, min(wait, remaining)))
+        finally:
+            poller.unregister(token)
+
+    async def _poll(
+        self, poller: ConversationPoller, token: int, progress: ReplyProgress | None, after_round: int
+    ) -> tuple[ReplyProgress, int, dict[str, Any] | None]:
+        """One poll: (what was seen, the round it came from, the reply or ``None``)."""
+        from famulor_provider.replies import ReplyProgress
+
+        if progress is None:
+            progress = ReplyProgress(await self._watch())
+            poller.register(token, progress.watch.key, self.poll_interval)
+        listed = await poller.conversation(progress.watch.key, after_round)
+        reply = None
+        if progress.needs_read(listed.conversation, exact=listed.exact) and listed.conversation is not None:
+            reply = progress.on_history(await poller.history(listed.conversation))
+        return progress, listed.round, reply
 
 
 # ---------------------------------------------------------------------------------------------

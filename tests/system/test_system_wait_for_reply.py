@@ -1,0 +1,87 @@
+"""
+System test: the ``famulor_whatsapp_confirmation`` example DAG on a real Airflow deployment.
+
+The template goes out, the reply sensor defers (task instance ``deferred``, a
+``WhatsAppReplyTrigger`` row, the triggerer polling the sandbox's conversations without a
+worker), the sandbox's customer answers NO, and the sensor resumes in the same try: ``declined``
+runs, ``confirmed`` is skipped. Every process is stopped by its id afterwards.
+
+Slow (about a minute): runs only with ``FAMULOR_SYSTEM_TEST=1`` (``make test-system``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deployment import SYSTEM_TEST, AirflowDeployment, deployed
+
+pytestmark = SYSTEM_TEST
+
+EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_whatsapp_confirmation.py"
+DAG_ID = "famulor_whatsapp_confirmation"
+SENSOR = "answer"
+SENDER = "+14155551234"  # sender 12, the example's default
+PHONE = "+4915112345678"
+LIST_PATH = "/api/user/conversations"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, famulor_sandbox: Any) -> Iterator[AirflowDeployment]:
+    env = {**famulor_sandbox.env(), "FAMULOR_EXAMPLE_POKE_INTERVAL": "1"}
+    with deployed(tmp_path, EXAMPLE_DAG, env) as airflow:
+        yield airflow
+
+
+def listings(sandbox: Any) -> int:
+    return sum(1 for r in sandbox.requests if r.path == LIST_PATH)
+
+
+def test_the_reply_sensor_defers_and_resumes_when_the_customer_answers(
+    deployment: AirflowDeployment, famulor_sandbox: Any
+) -> None:
+    started = time.monotonic()
+    deployment.wait_for_dag(DAG_ID)
+    deployment.cli("dags", "trigger", DAG_ID)
+
+    deployment.wait_until("the sensor to defer", lambda: deployment.task_state(DAG_ID, SENSOR) == "deferred")
+    classpaths = [row[0] for row in deployment.query("SELECT classpath FROM trigger")]
+    assert classpaths == ["famulor_provider.triggers.whatsapp.WhatsAppReplyTrigger"]
+    [(kwargs,)] = deployment.query("SELECT kwargs FROM trigger")
+    assert "sandbox-api-key" not in str(kwargs)
+
+    # The triggerer polls the conversations while the task waits, without a worker.
+    polled = listings(famulor_sandbox)
+    deployment.wait_until(
+        "the triggerer to poll", lambda: listings(famulor_sandbox) >= polled + 2, timeout=60
+    )
+    assert deployment.task_state(DAG_ID, SENSOR) == "deferred"
+
+    famulor_sandbox.receive(SENDER, PHONE, "No.")
+    deployment.wait_until(
+        "the DAG run to finish",
+        lambda: deployment.query(
+            "SELECT state FROM dag_run WHERE dag_id = ? AND state IN ('success', 'failed')", DAG_ID
+        ),
+    )
+
+    assert deployment.query("SELECT state FROM dag_run WHERE dag_id = ?", DAG_ID) == [("success",)], (
+        deployment.logs()
+    )
+    rows = deployment.query(
+        "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? ORDER BY task_id", DAG_ID
+    )
+    states = {task_id: (state, try_number) for task_id, state, try_number in rows}
+    assert states[SENSOR] == ("success", 1)  # resumed, not retried
+    assert states["declined"][0] == "success"
+    assert states["confirmed"][0] == "skipped"
+    [(value,)] = deployment.query(
+        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value'", DAG_ID, SENSOR
+    )
+    reply = json.loads(value)
+    assert (reply["text"], reply["choice"], reply["replies"]) == ("No.", "NO", ["No."])
+    print(f"system test: deferred, resumed on the reply and finished in {time.monotonic() - started:.0f} s")
