@@ -83,7 +83,8 @@ class FaultsMixin(SandboxState):
         :param body: the body of a ``status`` fault: JSON, or a string sent as text.
         :param delay: seconds to wait (``delay``), or to hold the answer (``hang``).
         :param recipient_phone: only requests for this recipient (the ``recipient_phone`` of the
-            JSON body or of the query, compared exactly; default: any).
+            JSON body or of the query, or a listing's ``customer_phone`` filter, compared exactly;
+            default: any).
         """
         fault = FAULT_ALIASES.get(fault, fault)
         if fault not in FAULTS:

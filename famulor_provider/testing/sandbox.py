@@ -2,7 +2,9 @@
 
 The parts, one module per concern: ``state`` (seed data, shared state), ``replies`` (answers and
 field validation), ``faults`` (``inject``), ``messaging`` (senders, templates, sends, sessions),
-``control`` (the ``/_sandbox`` API) and ``server`` (HTTP). This module assembles them.
+``conversations`` (listing, read, customers who write) over ``conversation_index`` (their
+order and cursor), ``control`` (the ``/_sandbox`` API) and ``server`` (HTTP). This module
+assembles them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from famulor_provider.testing.control import ControlMixin
-from famulor_provider.testing.conversations import CONVERSATION_ORDERS, ConversationIndex
+from famulor_provider.testing.conversation_index import CONVERSATION_ORDERS, ConversationIndex
 from famulor_provider.testing.faults import FAULTS, FAULTS_BEFORE_ROUTING, HANG_SECONDS, Fault
 from famulor_provider.testing.replies import Reply, Route, api_path, json_reply
 from famulor_provider.testing.server import Server, loopback_host
@@ -101,7 +103,7 @@ class FamulorSandbox(ControlMixin):
             raise ValueError(f"request_rate_limit must be None or at least 0, not {request_rate_limit!r}")
         if customer_reply is not None:
             text, after = customer_reply
-            if not isinstance(text, str) or not text or not float(after) >= 0:
+            if not isinstance(text, str) or not text or not isinstance(after, (int, float)) or not after >= 0:
                 raise ValueError(f"customer_reply must be (text, seconds >= 0), not {customer_reply!r}")
             customer_reply = (text, float(after))
         self.api_key = api_key
@@ -249,7 +251,7 @@ class FamulorSandbox(ControlMixin):
     def _answer(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any], authorization: str | None
     ) -> Reply | None:
-        phone = body.get("recipient_phone", query.get("recipient_phone"))
+        phone = body.get("recipient_phone", query.get("recipient_phone", query.get("customer_phone")))
         fault = self._take_fault(FAULTS_BEFORE_ROUTING, api_path(path), phone)
         if fault is not None and not self._wait(fault.delay):
             return None

@@ -14,7 +14,7 @@ import requests
 from sandbox_client import AUTH, OTHER, PHONE, call, freeform, send, serve, stop, wait_for
 
 from famulor_provider.testing import CONVERSATION_ORDERS, FamulorSandbox
-from famulor_provider.testing.conversations import decode_cursor, encode_cursor
+from famulor_provider.testing.conversation_index import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +66,7 @@ def test_a_send_creates_the_conversation_with_the_template_in_history(sandbox: F
     (item,) = page["data"]
     assert page["path"] == f"{sandbox.base_url}/user/conversations"
     assert (page["per_page"], page["next_cursor"], page["prev_cursor"]) == (15, None, None)
-    uuid.UUID(item["id"], version=4)
+    assert uuid.UUID(item["id"]).version == 4 and str(uuid.UUID(item["id"])) == item["id"]
     assert item["type"] == "whatsapp"
     assert item["message_count"] == 1
     assert item["whatsapp_sender"] == {"name": "Acme Corp Support", "phone": SUPPORT}
@@ -130,7 +130,7 @@ def test_refused_and_lost_sends(sandbox: FamulorSandbox) -> None:
 def test_receive_appends_a_customer_message_and_opens_the_window(sandbox: FamulorSandbox) -> None:
     assert freeform(sandbox).json()["error_code"] == "SESSION_EXPIRED"
     first = sandbox.receive(SUPPORT, PHONE, "Hello?", customer_name="Jane")
-    uuid.UUID(first["conversation_id"])
+    assert uuid.UUID(first["conversation_id"]).version == 4
     assert first["message_index"] == 0
     second = sandbox.receive(SUPPORT, PHONE, "Anyone?", assistant_reply="Hi Jane, how can I help?")
     assert second == {"conversation_id": first["conversation_id"], "message_index": 1}
@@ -164,13 +164,15 @@ def test_receive_refuses_bad_arguments(sandbox: FamulorSandbox) -> None:
 def test_schedule_receive_delivers_later_and_stop_cancels() -> None:
     with FamulorSandbox() as sb:
         sb.schedule_receive(0.3, SUPPORT, PHONE, "Later")
-        sb.schedule_receive(3600, SUPPORT, OTHER, "Much later")
+        sb.schedule_receive(0.6, SUPPORT, OTHER, "Cancelled")
         assert sb.conversations == []
         assert listing(sb)["data"] == []
         wait_for(lambda: len(listing(sb)["data"]) == 1)
         (conversation,) = sb.conversations
         assert conversation["history"] == [{"role": "user", "content": "Later"}]
-    assert sb._scheduled_receives == []  # stop() cancelled the pending one
+    with sb:  # the same sandbox, started again after stop()
+        time.sleep(0.7)  # past the cancelled message's time
+        assert [c["customer"]["phone"] for c in sb.conversations] == [PHONE]
 
 
 def test_customer_reply_answers_every_accepted_send() -> None:
@@ -387,6 +389,10 @@ def test_faults_apply_to_the_conversation_routes(sandbox: FamulorSandbox) -> Non
     with pytest.raises(json.JSONDecodeError):
         call(sandbox, "GET", f"/conversations/{conversation_id}").json()
     assert read(sandbox, conversation_id)["history"] == [{"role": "user", "content": "Hi"}]
+    sandbox.inject("status", status=500, recipient_phone=OTHER)  # a listing filtered by customer_phone
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": PHONE}).status_code == 200
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": OTHER}).status_code == 500
+    assert call(sandbox, "GET", "/user/conversations", params={"customer_phone": OTHER}).status_code == 200
 
 
 def test_request_rate_limit_for_reads() -> None:
