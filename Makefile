@@ -152,6 +152,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 #   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
 #   CeleryExecutor). celery<5.7: celery 5.7.0 dropped celery.backends.database.retry, which
 #   apache-airflow-providers-celery 3.26.0 imports.
+# - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
+#   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
+#   most one extra per kill, same dedupe_key) consumed by a DAG run. About 4 minutes.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
 REDIS_SERVER ?= /usr/bin/redis-server
 SYSTEM_CELERY_PACKAGES := apache-airflow-providers-celery 'celery[redis]>=5.5,<5.7'

@@ -33,8 +33,9 @@ from famulor_provider.models import (
 from famulor_provider.validation import normalize_phone
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 
+    from famulor_provider.inbound_poll import InboundProducer
     from famulor_provider.replies import ReplyProgress, ReplyWatch
 
 DEFAULT_POLL_INTERVAL = 300.0  # Famulor syncs sender status with Meta every 5 minutes
@@ -557,3 +558,171 @@ class WhatsAppReplyTrigger(BaseTrigger):
         if progress.needs_read(listed.conversation, exact=listed.exact) and listed.conversation is not None:
             reply = progress.on_history(await poller.history(listed.conversation))
         return progress, listed.round, reply
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound messages: an event trigger for AssetWatcher (Airflow 3).
+
+try:  # Airflow 3.0+
+    from airflow.triggers.base import BaseEventTrigger
+except ImportError:  # Airflow 2.11 has no event-driven scheduling; the class still imports
+    BaseEventTrigger = BaseTrigger  # type: ignore[misc,assignment]
+
+DEFAULT_INBOUND_POLL_INTERVAL = 60.0
+
+# The asset state stores of the inbound triggers running in this process, by shared stream key
+# then trigger object: Airflow injects the store into the trigger instance, while the ack-mode
+# producer is built from serialized kwargs and cannot reach the instance (see the class doc).
+_inbound_stores: dict[Hashable, dict[int, Any]] = {}
+
+
+def _asset_stores(accessors: Any) -> list[Any]:
+    """The per-asset accessors behind Airflow's ``AssetStateStoreAccessors`` (one per watched asset).
+
+    A trigger watching several assets gets one ``AssetStateStoreAccessors`` whose bare
+    ``aget``/``aset`` raise; Airflow 3.3 exposes its per-asset accessors only as ``_by_name`` and
+    ``_by_uri`` (a test pins this). Anything else (one accessor) is used as it is.
+    """
+    by_name = getattr(accessors, "_by_name", None)
+    by_uri = getattr(accessors, "_by_uri", None)
+    if by_name is None and by_uri is None:
+        return [accessors]
+    return [*(by_name or {}).values(), *(by_uri or {}).values()]
+
+
+def _registered_stores(key: Hashable) -> list[Any]:
+    stores: dict[Any, None] = {}  # insertion-ordered set; accessors of one asset compare equal
+    for accessors in list(_inbound_stores.get(key, {}).values()):
+        stores.update(dict.fromkeys(_asset_stores(accessors)))
+    return list(stores)
+
+
+class WhatsAppInboundMessageTrigger(BaseEventTrigger):
+    """
+    One event per message a customer writes on WhatsApp, for an ``AssetWatcher`` (Airflow 3).
+
+    Polls ``GET /user/conversations`` (``per_page=100``) and reads ``GET /conversations/{uuid}``
+    only for a conversation whose ``message_count`` grew past the cursor; yields one
+    ``TriggerEvent`` per new ``role: "user"`` message with ``conversation_id``, ``sender_phone``,
+    ``sender_name``, ``customer_phone``, ``customer_name``, ``text``, ``message_index``,
+    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``). Messages that
+    existed when the watcher first started are history, not events.
+
+    Airflow 3.3+ (the guarantee: no message lost; a duplicate only after a triggerer crash):
+    the trigger opts into a shared stream in ack mode. Watchers of the same scope (connection,
+    ``sender_phone``, ``customer_phone``) in one triggerer share one producer, hence one poll.
+    Airflow calls the producer's ``advance(batch)`` only after the events derived from each
+    update were stored in the metadata database (confirmed on the next state sync); only then
+    does the cursor move, and its journal is written to the asset state store. The
+    producer is built from serialized kwargs and cannot reach the trigger instance into which
+    Airflow injected ``asset_state_store``: each instance registers its store in this process
+    under the shared stream key when Airflow asks for that key (after the injection, before the
+    stream starts), and the producer reads the registered stores at start and at each advance
+    (a trigger watching several assets writes the cursor to each; the load takes the most
+    advanced). A triggerer killed between storing events and writing the cursor emits those
+    messages again after the restart: at most one extra event per message per kill, same
+    ``dedupe_key``.
+
+    Airflow 3.0 - 3.2 (no state store, no shared streams): ``run()`` keeps the cursor in memory
+    and moves it when the triggerer takes an event; a restart takes a new baseline, so messages
+    that arrived while the triggerer was down (or events in its memory at a crash) are lost.
+    Airflow 2.11: importable, but there is no event-driven scheduling.
+
+    :param famulor_conn_id: the Famulor connection.
+    :param sender_phone: only conversations of this business number; ``None``: every WhatsApp
+        conversation of the account.
+    :param customer_phone: only conversations with this customer.
+    :param poll_interval: seconds from the start of one poll to the start of the next.
+    """
+
+    def __init__(
+        self,
+        *,
+        famulor_conn_id: str = "famulor_default",
+        sender_phone: str | None = None,
+        customer_phone: str | None = None,
+        poll_interval: float = DEFAULT_INBOUND_POLL_INTERVAL,
+    ) -> None:
+        super().__init__()
+        self.famulor_conn_id = famulor_conn_id
+        self.sender_phone = sender_phone or None
+        self.customer_phone = customer_phone or None
+        self.poll_interval = max(float(poll_interval), MIN_POLL_INTERVAL)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and JSON primitives only: never the API key (the triggerer loads the connection)."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "famulor_conn_id": self.famulor_conn_id,
+                "sender_phone": self.sender_phone,
+                "customer_phone": self.customer_phone,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    def scope(self) -> tuple[str, str, str | None, str | None]:
+        """What one poll covers: the shared stream key."""
+        return ("famulor_whatsapp_inbound", self.famulor_conn_id, self.sender_phone, self.customer_phone)
+
+    def cursor_key_prefix(self) -> str:
+        """The cursor's key prefix in the asset state store: a digest of the scope (no phone number)."""
+        import hashlib
+
+        digest = hashlib.sha256(repr(self.scope()).encode()).hexdigest()[:16]
+        return f"famulor_inbound.{digest}"
+
+    def shared_stream_key(self) -> Hashable:
+        """The scope; registers this instance's injected state store for the scope's producer."""
+        key = self.scope()
+        store = getattr(self, "asset_state_store", None)
+        if store is not None:
+            _inbound_stores.setdefault(key, {})[id(self)] = store
+        return key
+
+    def _producer(self, stores: Callable[[], list[Any]]) -> InboundProducer:
+        from famulor_provider.inbound_poll import InboundProducer
+
+        return InboundProducer(
+            famulor_conn_id=self.famulor_conn_id,
+            sender_phone=self.sender_phone,
+            customer_phone=self.customer_phone,
+            poll_interval=self.poll_interval,
+            stores=stores,
+            key_prefix=self.cursor_key_prefix(),
+        )
+
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> InboundProducer:
+        """Airflow 3.3 ack mode: one producer per scope, with the stores the scope's watchers registered."""
+        trigger = cls(**kwargs)
+        key = trigger.scope()
+        return trigger._producer(lambda: _registered_stores(key))
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """One event per customer message of each update (none for an update without one)."""
+        async for update in shared_stream:
+            if update is None:  # the producer's tick after each poll
+                continue
+            for payload in update.events():
+                yield TriggerEvent(payload)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Airflow 3.0 - 3.2: poll by itself; the cursor moves once the triggerer took the events."""
+        store = getattr(self, "asset_state_store", None)
+        producer = self._producer(lambda: [] if store is None else _asset_stores(store))
+        async for update, payload in producer.open_stream():
+            if update is None or payload is None:  # the tick after each poll
+                continue
+            for event in update.events():
+                yield TriggerEvent(event)
+            producer.settle(payload, stored=True)
+            await producer.save()
+
+    async def cleanup(self) -> None:
+        """Unregister this instance's state store."""
+        stores = _inbound_stores.get(self.scope(), {})
+        stores.pop(id(self), None)
+        if not stores:
+            _inbound_stores.pop(self.scope(), None)
+        await super().cleanup()
