@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,17 +16,24 @@ PHONES = [f"+1415555{n:04d}" for n in range(5)]
 
 
 class FakeClock:
-    """A monotonic clock that only ``sleep`` moves."""
+    """A monotonic clock that only ``sleep`` moves.
+
+    Before it moves, ``settle`` (if set) lets the send threads finish what they are doing, so an
+    answer's time never depends on how the machine schedules threads.
+    """
 
     def __init__(self) -> None:
         self.now = 100.0
         self.lock = threading.Lock()
+        self.settle: Any = None
 
     def __call__(self) -> float:
         with self.lock:
             return self.now
 
     def sleep(self, seconds: float) -> None:
+        if self.settle is not None:
+            self.settle()
         with self.lock:
             self.now += max(0.0, seconds)
 
@@ -50,6 +58,17 @@ class FiveInFlightThen429:
         return SimpleNamespace(message_id=len(self.calls), status="queued")
 
 
+def all_answered(hook: FiveInFlightThen429, runner: CampaignRunner) -> None:
+    """Once the first five sends are all in flight (none answers before), wait (in real time, at
+    most 10 s) until every send in flight has its answer."""
+    if len(hook.calls) < 5:
+        return
+    deadline = time.monotonic() + 10
+    while any(answered[0] is None for answered in list(runner.answered)):
+        assert time.monotonic() < deadline, "a send never answered"
+        time.sleep(0.001)
+
+
 def run(tmp_path: Path, retry_after: float) -> tuple[FiveInFlightThen429, CampaignRunner]:
     clock = FakeClock()
     hook = FiveInFlightThen429(clock, retry_after)
@@ -59,6 +78,7 @@ def run(tmp_path: Path, retry_after: float) -> tuple[FiveInFlightThen429, Campai
     identity = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
     with CampaignLedger.open(tmp_path, **identity, try_number=1) as ledger:
         runner = CampaignRunner(hook, settings, ledger, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        clock.settle = lambda: all_answered(hook, runner)
         runner.run([{"recipient_phone": phone} for phone in PHONES], len(PHONES))
     return hook, runner
 
