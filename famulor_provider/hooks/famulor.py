@@ -46,6 +46,7 @@ from famulor_provider.transport import (
     httpx_error,
     httpx_mounts,
     httpx_trace,
+    httpx_verify,
     is_retryable_read,
     is_retryable_send,
     may_have_sent,
@@ -207,7 +208,7 @@ class FamulorHook(BaseHook):
             headers=config.headers,
             mounts=httpx_mounts(config.base_url),  # None: no proxy for that host
             timeout=httpx.Timeout(config.deadline, connect=config.connect_timeout),
-            verify=config.verify_ssl,
+            verify=httpx_verify(config.verify_ssl),
             follow_redirects=False,
         ) as client:
 

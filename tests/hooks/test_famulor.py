@@ -571,3 +571,41 @@ def test_async_html_is_a_response_error(monkeypatch: pytest.MonkeyPatch) -> None
     html = httpx.Response(200, text="<html></html>", headers={"Content-Type": "text/html"})
     result, _, _ = run_async(monkeypatch, [html])
     assert isinstance(result, FamulorResponseError)
+
+
+def test_async_requests_share_one_tls_context(monkeypatch: pytest.MonkeyPatch, famulor_sandbox: Any) -> None:
+    """httpx would load the CA bundle (about 30 ms of CPU) for every client, and the async hook
+    opens one per request: it hands httpx one context per process instead."""
+    import ssl
+
+    import httpx._transports.default as httpx_transports
+
+    from famulor_provider.transport import httpx_verify
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    first = httpx_verify(True)
+    assert isinstance(first, ssl.SSLContext)
+    assert httpx_verify(True) is first
+    monkeypatch.setenv("SSL_CERT_FILE", ssl.get_default_verify_paths().openssl_cafile)
+    assert httpx_verify(True) is not first  # the CA settings are part of the key
+    assert httpx_verify(False) is False
+    monkeypatch.delenv("SSL_CERT_FILE")
+
+    given: list[Any] = []
+    real = httpx_transports.create_ssl_context
+    monkeypatch.setattr(
+        httpx_transports,
+        "create_ssl_context",
+        lambda *a, **kw: given.append(kw.get("verify")) or real(*a, **kw),
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_FAMULOR_DEFAULT", famulor_sandbox.connection_json())
+
+    async def three_reads() -> None:
+        hook = FamulorHook()
+        for _ in range(3):
+            await hook.alist_whatsapp_senders()
+
+    asyncio.run(three_reads())
+    assert len([r for r in famulor_sandbox.requests if r.path.endswith("/senders")]) == 3
+    assert given and all(verify is first for verify in given)  # never True: no CA bundle loaded again
