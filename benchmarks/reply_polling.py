@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+from trigger_loop import first_event, quiet_logs, watch_lag
+
 from famulor_provider.get_provider_info import DEFAULT_POLL_REQUESTS_PER_MINUTE
 from famulor_provider.testing import FamulorSandbox
 from famulor_provider.triggers import whatsapp as trigger_module
@@ -90,20 +92,6 @@ def _requests(sandbox: FamulorSandbox) -> tuple[int, int]:
     return sum(1 for p in paths if p == LIST_PATH), sum(1 for p in paths if p.startswith(READ_PREFIX))
 
 
-async def _first_event(trigger: WhatsAppReplyTrigger) -> dict[str, Any]:
-    async for event in trigger.run():
-        return event.payload
-    raise RuntimeError("the trigger ended without an event")
-
-
-async def _watch_lag(stop: asyncio.Event, worst: list[float], tick: float = 0.01) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        started = loop.time()
-        await asyncio.sleep(tick)
-        worst[0] = max(worst[0], loop.time() - started - tick)
-
-
 def _waited(count: int, conversations: int) -> list[int]:
     step = max(1, conversations // count)
     return [n * step for n in range(count)]
@@ -121,7 +109,7 @@ async def _start(customers: list[int], interval: float) -> list[asyncio.Task[dic
             choices=["YES"],
             poll_interval=interval,
         )
-        tasks.append(asyncio.ensure_future(_first_event(trigger)))
+        tasks.append(asyncio.ensure_future(first_event(trigger)))
         if (i + 1) % max(1, len(customers) // batches) == 0:
             await asyncio.sleep(interval / batches)
     return tasks
@@ -142,7 +130,7 @@ async def _timed_run(
     """
     _created.clear()
     stop, worst = asyncio.Event(), [0.0]
-    watcher = asyncio.ensure_future(_watch_lag(stop, worst))
+    watcher = asyncio.ensure_future(watch_lag(stop, worst))
     tasks = await _start(customers, interval)
     if coalesced:
         await _rounds_done(coalesced, 1)  # every trigger has polled once: the steady state
@@ -215,15 +203,7 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=3, help="steady-state intervals measured")
     parser.add_argument("--answers", type=int, default=10, help="customers who answer in one interval")
     args = parser.parse_args()
-    # One log line per trigger per poll (and, one poll per sensor, per timed-out request) would
-    # dominate the timing.
-    logging.disable(logging.WARNING)
-    try:
-        import structlog  # Airflow 3 logs triggers through structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    except ImportError:
-        pass
+    quiet_logs(logging.ERROR)  # one poll per sensor also logs each timed-out request
 
     with FamulorSandbox() as sandbox:
         conn = json.loads(sandbox.connection_json())

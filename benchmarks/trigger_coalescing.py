@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+from trigger_loop import first_event, quiet_logs, watch_lag
+
 from famulor_provider.models import SenderCriteria
 from famulor_provider.testing import FamulorSandbox
 from famulor_provider.triggers import whatsapp as trigger_module
@@ -68,27 +70,13 @@ def _counting_polls(coalesced: bool, polls: list[int]) -> AbstractContextManager
     return mock.patch.object(trigger_module, "shared_senders", poll)
 
 
-async def _first_event(trigger: WhatsAppSenderTrigger) -> dict[str, Any]:
-    async for event in trigger.run():
-        return event.payload
-    raise RuntimeError("the trigger ended without an event")
-
-
-async def _watch_lag(stop: asyncio.Event, worst: list[float], tick: float = 0.01) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        started = loop.time()
-        await asyncio.sleep(tick)
-        worst[0] = max(worst[0], loop.time() - started - tick)
-
-
 async def _start(count: int, interval: float) -> list[asyncio.Task[dict[str, Any]]]:
     """Start the triggers spread over one interval, as sensors defer at different moments."""
     tasks = []
     batches = 10
     for i in range(count):
         trigger = WhatsAppSenderTrigger(criteria=CRITERIA, poll_interval=interval)
-        tasks.append(asyncio.ensure_future(_first_event(trigger)))
+        tasks.append(asyncio.ensure_future(first_event(trigger)))
         if (i + 1) % max(1, count // batches) == 0:
             await asyncio.sleep(interval / batches)
     return tasks
@@ -124,7 +112,7 @@ async def _timed_run(
 ) -> Run:
     stop, worst = asyncio.Event(), [0.0]
     with _GCPauses() as gc_pauses:
-        watcher = asyncio.ensure_future(_watch_lag(stop, worst))
+        watcher = asyncio.ensure_future(watch_lag(stop, worst))
         tasks = await _start(count, interval)
         before, polls_before = _sender_requests(sandbox), polls[0]
         await asyncio.sleep(interval * intervals)  # every trigger is waiting: the steady state
@@ -167,14 +155,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval in seconds")
     parser.add_argument("--intervals", type=int, default=5, help="intervals measured in the steady state")
     args = parser.parse_args()
-    # One log line per trigger per poll would dominate the timing: keep warnings only.
-    logging.disable(logging.INFO)
-    try:
-        import structlog  # Airflow 3 logs triggers through structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    except ImportError:
-        pass
+    quiet_logs(logging.WARNING)
 
     with FamulorSandbox() as sandbox:
         os.environ.update(sandbox.env())

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import requests
 import tenacity
@@ -72,6 +72,7 @@ from famulor_provider.validation import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -331,33 +332,17 @@ class FamulorHook(BaseHook):
         return WhatsAppSessionStatus.from_api(payload)
 
     def iter_conversation_pages(
-        self,
-        *,
-        type: str | None = "whatsapp",
-        customer_phone: str | None = None,
-        whatsapp_sender_phone: str | None = None,
-        assistant_id: Any = None,
-        external_identifier: str | None = None,
-        per_page: int = MAX_PER_PAGE,
-        max_retries: int | None = None,
+        self, *, max_retries: int | None = None, **filters: Unpack[ConversationFilters]
     ) -> Iterator[list[WhatsAppConversation]]:
         """
         Walk ``GET /user/conversations`` page by page (cursor pagination), one list per page.
 
         Stop iterating to stop early. The listing's order is not documented: never rely on it.
-        Every filter is an exact match; ``None`` leaves it out.
 
-        :param type: ``whatsapp`` (default), ``widget``, ``api``, ``test``, or ``None`` for all.
-        :param customer_phone: only the conversations with this customer (E.164).
-        :param whatsapp_sender_phone: only the conversations of this business number (E.164).
-        :param assistant_id: only the conversations of this assistant.
-        :param external_identifier: only the conversations with this external identifier.
-        :param per_page: conversations per page, 1-100 (default 100: the fewest requests).
         :param max_retries: retries of each page (default: the connection's).
+        :param filters: see :class:`ConversationFilters`.
         """
-        params = _conversation_params(
-            type, customer_phone, whatsapp_sender_phone, assistant_id, external_identifier, per_page
-        )
+        params = _conversation_params(filters)
         cursors: set[str] = set()
         while True:
             payload = self.request("GET", CONVERSATIONS_PATH, params=params, max_retries=max_retries)
@@ -370,22 +355,15 @@ class FamulorHook(BaseHook):
     async def aiter_conversation_pages(
         self,
         *,
-        type: str | None = "whatsapp",
-        customer_phone: str | None = None,
-        whatsapp_sender_phone: str | None = None,
-        assistant_id: Any = None,
-        external_identifier: str | None = None,
-        per_page: int = MAX_PER_PAGE,
         max_retries: int | None = None,
         before_page: Callable[[], Awaitable[None]] | None = None,
+        **filters: Unpack[ConversationFilters],
     ) -> AsyncIterator[list[WhatsAppConversation]]:
         """Async twin of :meth:`iter_conversation_pages`.
 
         :param before_page: awaited before each page's request (pollers take a budget slot there).
         """
-        params = _conversation_params(
-            type, customer_phone, whatsapp_sender_phone, assistant_id, external_identifier, per_page
-        )
+        params = _conversation_params(filters)
         cursors: set[str] = set()
         while True:
             if before_page is not None:
@@ -398,60 +376,21 @@ class FamulorHook(BaseHook):
             params = {**params, "cursor": cursor}
 
     def list_conversations(
-        self,
-        *,
-        type: str | None = "whatsapp",
-        customer_phone: str | None = None,
-        whatsapp_sender_phone: str | None = None,
-        assistant_id: Any = None,
-        external_identifier: str | None = None,
-        per_page: int = MAX_PER_PAGE,
-        max_retries: int | None = None,
+        self, *, max_retries: int | None = None, **filters: Unpack[ConversationFilters]
     ) -> list[WhatsAppConversation]:
-        """Every conversation that matches the filters, walking every page.
+        """Every conversation that matches the filters (:class:`ConversationFilters`), walking every
+        page: an account with N conversations costs ``ceil(N / per_page)`` requests.
 
-        Arguments as :meth:`iter_conversation_pages`; an account with N conversations costs
-        ``ceil(N / per_page)`` requests.
+        :param max_retries: retries of each page (default: the connection's).
         """
-        return [
-            conversation
-            for page in self.iter_conversation_pages(
-                type=type,
-                customer_phone=customer_phone,
-                whatsapp_sender_phone=whatsapp_sender_phone,
-                assistant_id=assistant_id,
-                external_identifier=external_identifier,
-                per_page=per_page,
-                max_retries=max_retries,
-            )
-            for conversation in page
-        ]
+        return [c for page in self.iter_conversation_pages(max_retries=max_retries, **filters) for c in page]
 
     async def alist_conversations(
-        self,
-        *,
-        type: str | None = "whatsapp",
-        customer_phone: str | None = None,
-        whatsapp_sender_phone: str | None = None,
-        assistant_id: Any = None,
-        external_identifier: str | None = None,
-        per_page: int = MAX_PER_PAGE,
-        max_retries: int | None = None,
+        self, *, max_retries: int | None = None, **filters: Unpack[ConversationFilters]
     ) -> list[WhatsAppConversation]:
         """Async twin of :meth:`list_conversations`."""
-        return [
-            conversation
-            async for page in self.aiter_conversation_pages(
-                type=type,
-                customer_phone=customer_phone,
-                whatsapp_sender_phone=whatsapp_sender_phone,
-                assistant_id=assistant_id,
-                external_identifier=external_identifier,
-                per_page=per_page,
-                max_retries=max_retries,
-            )
-            for conversation in page
-        ]
+        pages = self.aiter_conversation_pages(max_retries=max_retries, **filters)
+        return [c async for page in pages for c in page]
 
     def get_conversation(
         self, conversation_id: str, *, max_retries: int | None = None
@@ -685,21 +624,44 @@ class FamulorHook(BaseHook):
         }
 
 
-def _conversation_params(
-    type: Any,
-    customer_phone: Any,
-    whatsapp_sender_phone: Any,
-    assistant_id: Any,
-    external_identifier: Any,
-    per_page: Any,
-) -> dict[str, Any]:
+class ConversationFilters(TypedDict, total=False):
+    """The filters of ``GET /user/conversations``; each an exact match, ``None`` leaves it out.
+
+    :param type: ``whatsapp`` (default), ``widget``, ``api``, ``test``, or ``None`` for all.
+    :param customer_phone: only the conversations with this customer (E.164).
+    :param whatsapp_sender_phone: only the conversations of this business number (E.164).
+    :param assistant_id: only the conversations of this assistant.
+    :param external_identifier: only the conversations with this external identifier.
+    :param per_page: conversations per page, 1-100 (default 100: the fewest requests).
+    """
+
+    type: str | None
+    customer_phone: str | None
+    whatsapp_sender_phone: str | None
+    assistant_id: Any
+    external_identifier: str | None
+    per_page: int
+
+
+def _conversation_params(filters: ConversationFilters) -> dict[str, Any]:
+    unknown = sorted(set(filters) - set(ConversationFilters.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"unknown conversation filter(s) {unknown}; known: {sorted(ConversationFilters.__annotations__)}"
+        )
+    kind = filters.get("type", "whatsapp")
+    customer_phone = filters.get("customer_phone")
+    whatsapp_sender_phone = filters.get("whatsapp_sender_phone")
+    assistant_id = filters.get("assistant_id")
+    external_identifier = filters.get("external_identifier")
+    per_page = filters.get("per_page", MAX_PER_PAGE)
     size = check_optional_int(per_page, "per_page", minimum=1)
     if size is None or size > MAX_PER_PAGE:
         raise FamulorValidationError("per_page", f"must be 1-{MAX_PER_PAGE}, got {per_page!r}")
     # requests and httpx URL-encode the '+' of the phones as %2B (a bare '+' would decode as a space).
     params: dict[str, Any] = {"per_page": size}
-    if not is_blank(type):
-        params["type"] = check_choice("type", type, CONVERSATION_TYPES)
+    if not is_blank(kind):
+        params["type"] = check_choice("type", kind, CONVERSATION_TYPES)
     if not is_blank(customer_phone):
         params["customer_phone"] = check_phone(customer_phone, "customer_phone")
     if not is_blank(whatsapp_sender_phone):

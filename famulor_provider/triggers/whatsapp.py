@@ -120,7 +120,42 @@ async def shared_senders(
 # ---------------------------------------------------------------------------------------------
 
 
-class WhatsAppSenderTrigger(BaseTrigger):
+def _classpath(trigger: object) -> str:
+    return f"{type(trigger).__module__}.{type(trigger).__qualname__}"
+
+
+class _PollingTrigger(BaseTrigger):
+    """What the sender and reply triggers share: the connection, the poll interval, the end time
+    and a serialization of JSON primitives only (never the API key: the triggerer loads the
+    connection).
+
+    :param famulor_conn_id: the Famulor connection.
+    :param poll_interval: seconds between polls.
+    :param end_time: when to give up, as epoch seconds or an ISO 8601 string; ``None``: never.
+    """
+
+    def __init__(self, famulor_conn_id: str, poll_interval: float, end_time: float | str | None) -> None:
+        super().__init__()
+        self.famulor_conn_id = famulor_conn_id
+        self.poll_interval = max(float(poll_interval), MIN_POLL_INTERVAL)
+        if isinstance(end_time, str):
+            end_time = datetime.fromisoformat(end_time).timestamp()
+        self.end_time = None if end_time is None else float(end_time)
+
+    def arguments(self) -> dict[str, Any]:
+        """The trigger's own arguments (besides the three above), as JSON primitives."""
+        raise NotImplementedError
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and JSON primitives only."""
+        common = {"poll_interval": self.poll_interval, "end_time": self.end_time}
+        return _classpath(self), {"famulor_conn_id": self.famulor_conn_id, **self.arguments(), **common}
+
+    def _remaining(self) -> float | None:
+        return None if self.end_time is None else self.end_time - time.time()
+
+
+class WhatsAppSenderTrigger(_PollingTrigger):
     """
     Wait until at least ``min_count`` WhatsApp senders match ``criteria``.
 
@@ -148,34 +183,16 @@ class WhatsAppSenderTrigger(BaseTrigger):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         end_time: float | str | None = None,
     ) -> None:
-        super().__init__()
-        self.famulor_conn_id = famulor_conn_id
+        super().__init__(famulor_conn_id, poll_interval, end_time)
         if criteria is None:
             criteria = SenderCriteria()
         self.criteria = (
             criteria if isinstance(criteria, SenderCriteria) else SenderCriteria.from_dict(criteria)
         )
         self.min_count = int(min_count)
-        self.poll_interval = max(float(poll_interval), MIN_POLL_INTERVAL)
-        if isinstance(end_time, str):
-            end_time = datetime.fromisoformat(end_time).timestamp()
-        self.end_time = None if end_time is None else float(end_time)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and JSON primitives only: never the API key (the triggerer loads the connection)."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "famulor_conn_id": self.famulor_conn_id,
-                "criteria": self.criteria.to_dict(),
-                "min_count": self.min_count,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-            },
-        )
-
-    def _remaining(self) -> float | None:
-        return None if self.end_time is None else self.end_time - time.time()
+    def arguments(self) -> dict[str, Any]:
+        return {"criteria": self.criteria.to_dict(), "min_count": self.min_count}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from famulor_provider.transport import MAX_RETRY_AFTER, is_retryable_read
@@ -396,7 +413,7 @@ def conversation_poller(famulor_conn_id: str) -> ConversationPoller:
     return poller
 
 
-class WhatsAppReplyTrigger(BaseTrigger):
+class WhatsAppReplyTrigger(_PollingTrigger):
     """
     Wait for a customer's reply in the conversation of ``sender_phone`` (or ``sender_id``) with
     ``recipient_phone``, after position ``baseline`` of its history.
@@ -434,10 +451,9 @@ class WhatsAppReplyTrigger(BaseTrigger):
         poll_interval: float = DEFAULT_REPLY_POLL_INTERVAL,
         end_time: float | str | None = None,
     ) -> None:
-        super().__init__()
         if sender_id is None and sender_phone is None:
             raise FamulorValidationError("sender_id", "give sender_id or sender_phone")
-        self.famulor_conn_id = famulor_conn_id
+        super().__init__(famulor_conn_id, poll_interval, end_time)
         self.recipient_phone = recipient_phone
         self.sender_id = sender_id
         self.sender_phone = sender_phone
@@ -446,30 +462,16 @@ class WhatsAppReplyTrigger(BaseTrigger):
             None if history_lengths_after_send is None else dict(history_lengths_after_send)
         )
         self.choices = None if choices is None else list(choices)
-        self.poll_interval = max(float(poll_interval), MIN_POLL_INTERVAL)
-        if isinstance(end_time, str):
-            end_time = datetime.fromisoformat(end_time).timestamp()
-        self.end_time = None if end_time is None else float(end_time)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and JSON primitives only: never the API key (the triggerer loads the connection)."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "famulor_conn_id": self.famulor_conn_id,
-                "recipient_phone": self.recipient_phone,
-                "sender_id": self.sender_id,
-                "sender_phone": self.sender_phone,
-                "baseline": self.baseline,
-                "history_lengths_after_send": self.history_lengths_after_send,
-                "choices": self.choices,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-            },
-        )
-
-    def _remaining(self) -> float | None:
-        return None if self.end_time is None else self.end_time - time.time()
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "recipient_phone": self.recipient_phone,
+            "sender_id": self.sender_id,
+            "sender_phone": self.sender_phone,
+            "baseline": self.baseline,
+            "history_lengths_after_send": self.history_lengths_after_send,
+            "choices": self.choices,
+        }
 
     async def _watch(self) -> ReplyWatch:
         """The awaited reply, with the sender's number looked up (shared, hourly) when needed."""
@@ -652,7 +654,7 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and JSON primitives only: never the API key (the triggerer loads the connection)."""
         return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
+            _classpath(self),
             {
                 "famulor_conn_id": self.famulor_conn_id,
                 "sender_phone": self.sender_phone,

@@ -143,6 +143,12 @@ def test_type_none_lists_every_type(hook: FamulorHook) -> None:
     assert conversation.type == "widget"
 
 
+def test_an_unknown_filter_is_a_type_error(hook: FamulorHook) -> None:
+    with requests_mock.Mocker() as m, pytest.raises(TypeError, match=r"\['customer'\].*customer_phone"):
+        hook.list_conversations(customer="+4915112345678")  # type: ignore[call-arg]
+    assert m.call_count == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
