@@ -393,6 +393,48 @@ class AirflowDeployment:
             timeout=timeout,
         )
 
+    def trigger_until_deferred(self, dag_id: str, task_id: str, trigger_class: str) -> str:
+        """Trigger ``dag_id`` once it is parsed, wait until ``task_id`` is deferred on one trigger of
+        ``trigger_class`` (its name in ``famulor_provider.triggers.whatsapp``); its serialized kwargs."""
+        self.wait_for_dag(dag_id)
+        self.cli("dags", "trigger", dag_id)
+        self.wait_until("the sensor to defer", lambda: self.task_state(dag_id, task_id) == "deferred")
+        [(next_method,)] = self.query(
+            "SELECT next_method FROM task_instance WHERE dag_id = ? AND task_id = ?", dag_id, task_id
+        )
+        assert next_method == "execute_complete"
+        [(classpath, kwargs)] = self.query("SELECT classpath, kwargs FROM trigger")
+        assert classpath == f"famulor_provider.triggers.whatsapp.{trigger_class}"
+        return str(kwargs)
+
+    def wait_for_polls(self, dag_id: str, task_id: str, requests: Callable[[], int], polls: int = 2) -> None:
+        """Wait until ``requests()`` (the sandbox's count of the trigger's requests) grew by ``polls``:
+        the triggerer polls while the task stays deferred, without a worker."""
+        before = requests()
+        self.wait_until("the triggerer to poll", lambda: requests() >= before + polls, timeout=60)
+        assert self.task_state(dag_id, task_id) == "deferred"
+
+    def wait_for_success(self, dag_id: str) -> dict[str, tuple[str, int]]:
+        """Wait until the DAG's run finished; assert it succeeded; ``{task_id: (state, try_number)}``."""
+        self.wait_until(
+            "the DAG run to finish",
+            lambda: self.query(
+                "SELECT state FROM dag_run WHERE dag_id = ? AND state IN ('success', 'failed')", dag_id
+            ),
+        )
+        assert self.query("SELECT state FROM dag_run WHERE dag_id = ?", dag_id) == [("success",)], self.logs()
+        rows = self.query("SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ?", dag_id)
+        return {task_id: (state, try_number) for task_id, state, try_number in rows}
+
+    def return_value(self, dag_id: str, task_id: str) -> Any:
+        """The task's XCom ``return_value``, decoded."""
+        [(value,)] = self.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value'",
+            dag_id,
+            task_id,
+        )
+        return json.loads(value)
+
     def task_state(self, dag_id: str, task_id: str) -> str | None:
         rows = self.query("SELECT state FROM task_instance WHERE dag_id = ? AND task_id = ?", dag_id, task_id)
         return rows[0][0] if rows else None

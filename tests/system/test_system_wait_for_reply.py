@@ -11,7 +11,6 @@ Slow (about a minute): runs only with ``FAMULOR_SYSTEM_TEST=1`` (``make test-sys
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,43 +44,15 @@ def test_the_reply_sensor_defers_and_resumes_when_the_customer_answers(
     deployment: AirflowDeployment, famulor_sandbox: Any
 ) -> None:
     started = time.monotonic()
-    deployment.wait_for_dag(DAG_ID)
-    deployment.cli("dags", "trigger", DAG_ID)
-
-    deployment.wait_until("the sensor to defer", lambda: deployment.task_state(DAG_ID, SENSOR) == "deferred")
-    classpaths = [row[0] for row in deployment.query("SELECT classpath FROM trigger")]
-    assert classpaths == ["famulor_provider.triggers.whatsapp.WhatsAppReplyTrigger"]
-    [(kwargs,)] = deployment.query("SELECT kwargs FROM trigger")
-    assert "sandbox-api-key" not in str(kwargs)
-
-    # The triggerer polls the conversations while the task waits, without a worker.
-    polled = listings(famulor_sandbox)
-    deployment.wait_until(
-        "the triggerer to poll", lambda: listings(famulor_sandbox) >= polled + 2, timeout=60
-    )
-    assert deployment.task_state(DAG_ID, SENSOR) == "deferred"
+    kwargs = deployment.trigger_until_deferred(DAG_ID, SENSOR, "WhatsAppReplyTrigger")
+    assert "sandbox-api-key" not in kwargs
+    deployment.wait_for_polls(DAG_ID, SENSOR, lambda: listings(famulor_sandbox))
 
     famulor_sandbox.receive(SENDER, PHONE, "No.")
-    deployment.wait_until(
-        "the DAG run to finish",
-        lambda: deployment.query(
-            "SELECT state FROM dag_run WHERE dag_id = ? AND state IN ('success', 'failed')", DAG_ID
-        ),
-    )
-
-    assert deployment.query("SELECT state FROM dag_run WHERE dag_id = ?", DAG_ID) == [("success",)], (
-        deployment.logs()
-    )
-    rows = deployment.query(
-        "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? ORDER BY task_id", DAG_ID
-    )
-    states = {task_id: (state, try_number) for task_id, state, try_number in rows}
+    states = deployment.wait_for_success(DAG_ID)
     assert states[SENSOR] == ("success", 1)  # resumed, not retried
     assert states["declined"][0] == "success"
     assert states["confirmed"][0] == "skipped"
-    [(value,)] = deployment.query(
-        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value'", DAG_ID, SENSOR
-    )
-    reply = json.loads(value)
+    reply = deployment.return_value(DAG_ID, SENSOR)
     assert (reply["text"], reply["choice"], reply["replies"]) == ("No.", "NO", ["No."])
     print(f"system test: deferred, resumed on the reply and finished in {time.monotonic() - started:.0f} s")

@@ -13,7 +13,6 @@ Slow (about a minute): runs only with ``FAMULOR_SYSTEM_TEST=1`` (``make test-sys
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,47 +40,16 @@ def test_the_example_dag_defers_in_the_triggerer_and_resumes(
     deployment: AirflowDeployment, famulor_sandbox: Any
 ) -> None:
     started = time.monotonic()
-    deployment.wait_for_dag(DAG_ID)
-    deployment.cli("dags", "trigger", DAG_ID)
-
     # Sender 33 is "connecting": the first poke fails to match and the sensor defers.
-    deployment.wait_until("the sensor to defer", lambda: deployment.task_state(DAG_ID, SENSOR) == "deferred")
-    [(next_method,)] = deployment.query(
-        "SELECT next_method FROM task_instance WHERE dag_id = ? AND task_id = ?", DAG_ID, SENSOR
+    deployment.trigger_until_deferred(DAG_ID, SENSOR, "WhatsAppSenderTrigger")
+    deployment.wait_for_polls(
+        DAG_ID, SENSOR, lambda: sum(1 for r in famulor_sandbox.requests if r.path == SENDERS_PATH)
     )
-    assert next_method == "execute_complete"
-    classpaths = [row[0] for row in deployment.query("SELECT classpath FROM trigger")]
-    assert classpaths == ["famulor_provider.triggers.whatsapp.WhatsAppSenderTrigger"]
-
-    # The triggerer polls the sandbox while the task waits, without a worker.
-    polls_when_deferred = sum(1 for r in famulor_sandbox.requests if r.path == SENDERS_PATH)
-    deployment.wait_until(
-        "the triggerer to poll",
-        lambda: sum(1 for r in famulor_sandbox.requests if r.path == SENDERS_PATH) >= polls_when_deferred + 2,
-        timeout=60,
-    )
-    assert deployment.task_state(DAG_ID, SENSOR) == "deferred"
 
     famulor_sandbox.set_sender(33, status="online")
-    deployment.wait_until(
-        "the DAG run to finish",
-        lambda: deployment.query(
-            "SELECT state FROM dag_run WHERE dag_id = ? AND state IN ('success', 'failed')", DAG_ID
-        ),
-    )
-
-    assert deployment.query("SELECT state FROM dag_run WHERE dag_id = ?", DAG_ID) == [("success",)], (
-        deployment.logs()
-    )
-    rows = deployment.query(
-        "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? ORDER BY task_id", DAG_ID
-    )
-    assert rows == [("prepare_campaign", "success", 1), (SENSOR, "success", 1)]  # resumed, not retried
-    [(value,)] = deployment.query(
-        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'prepare_campaign' AND key = 'return_value'",
-        DAG_ID,
-    )
-    assert json.loads(value) == {
+    states = deployment.wait_for_success(DAG_ID)
+    assert states == {"prepare_campaign": ("success", 1), SENSOR: ("success", 1)}  # resumed, not retried
+    assert deployment.return_value(DAG_ID, "prepare_campaign") == {
         "sender_id": 33,
         "from": "+14155550199",
         "template_name": "welcome",
