@@ -33,6 +33,10 @@ class Server(ThreadingHTTPServer):
     # server_close() would otherwise join every handler thread.
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog is 5: twenty clients connecting at once (an alert storm)
+    # overflowed it, and Linux then resets a connection whose client had already written its
+    # request: a send reported "delivery unknown" by a server the real API does not resemble.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], sandbox: FamulorSandbox) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
