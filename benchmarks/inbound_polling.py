@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_state_store import MAX_VALUE_STORAGE_BYTES, FakeAssetStateStore
 
+from famulor_provider.conversations.inbound_cursor import CursorStore
+from famulor_provider.conversations.inbound_poll import InboundPoller
 from famulor_provider.get_provider_info import DEFAULT_POLL_REQUESTS_PER_MINUTE
-from famulor_provider.inbound_cursor import CursorStore
-from famulor_provider.inbound_poll import InboundPoller
 from famulor_provider.testing import FamulorSandbox
 
 SENDER = "+4930901820"

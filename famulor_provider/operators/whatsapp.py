@@ -175,7 +175,7 @@ def sent_result(operator: Any, message: Any) -> dict[str, Any]:
     :param operator: the send operator (its hook and ``do_xcom_push``).
     :param message: the accepted ``WhatsAppMessage``.
     """
-    from famulor_provider.replies import AFTER_SEND_KEYS, history_after_send
+    from famulor_provider.conversations.replies import AFTER_SEND_KEYS, history_after_send
 
     if not operator.do_xcom_push:
         return {**message.to_dict(), **dict.fromkeys(AFTER_SEND_KEYS)}

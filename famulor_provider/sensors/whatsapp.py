@@ -319,9 +319,9 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
 
     def _watch(self) -> Any:
         """The awaited reply, resolved on the worker: the sender's number and where "after" begins."""
+        from famulor_provider.conversations.replies import ReplyWatch, baseline_from_send, sender_phone_of
         from famulor_provider.models import check_choices
         from famulor_provider.privacy import phone_for_log
-        from famulor_provider.replies import ReplyWatch, baseline_from_send, sender_phone_of
 
         after, sender_id, phone = self._target()
         choices = check_choices(self.choices)
@@ -365,8 +365,8 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         from airflow.providers.common.compat.sdk import PokeReturnValue
 
+        from famulor_provider.conversations.replies import ReplyProgress
         from famulor_provider.exceptions import FamulorConversationNotFoundError, FamulorError
-        from famulor_provider.replies import ReplyProgress
         from famulor_provider.transport import is_retryable_read
 
         try:

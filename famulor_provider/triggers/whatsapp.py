@@ -35,8 +35,8 @@ from famulor_provider.validation import normalize_phone
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 
-    from famulor_provider.inbound_poll import InboundProducer
-    from famulor_provider.replies import ReplyProgress, ReplyWatch
+    from famulor_provider.conversations.inbound_poll import InboundProducer
+    from famulor_provider.conversations.replies import ReplyProgress, ReplyWatch
 
 DEFAULT_POLL_INTERVAL = 300.0  # Famulor syncs sender status with Meta every 5 minutes
 DEFAULT_REPLY_POLL_INTERVAL = 60.0
@@ -334,7 +334,7 @@ class ConversationPoller:
         return await asyncio.shield(task)
 
     async def _slot(self) -> None:
-        from famulor_provider import polling
+        from famulor_provider.conversations import polling
 
         config = await self.hook.aget_config()
         await polling.POLLING_BUDGET.acquire(self.famulor_conn_id, config.poll_requests_per_minute)
@@ -371,7 +371,7 @@ class ConversationPoller:
         interval = min(i for _, i in self.watchers.values()) if self.watchers else DEFAULT_POLL_INTERVAL
         # What one interval costs: this round's listings plus the reads the last round led to.
         cost, self._spent_at_round = self.requests - self._spent_at_round, self.requests
-        from famulor_provider import polling
+        from famulor_provider.conversations import polling
 
         stretched = polling.POLLING_BUDGET.interval(
             self.famulor_conn_id, cost, interval, config.poll_requests_per_minute
@@ -475,7 +475,7 @@ class WhatsAppReplyTrigger(_PollingTrigger):
 
     async def _watch(self) -> ReplyWatch:
         """The awaited reply, with the sender's number looked up (shared, hourly) when needed."""
-        from famulor_provider.replies import ReplyWatch, baseline_from_send, sender_phone_of
+        from famulor_provider.conversations.replies import ReplyWatch, baseline_from_send, sender_phone_of
 
         phone = self.sender_phone
         if phone is None:
@@ -550,7 +550,7 @@ class WhatsAppReplyTrigger(_PollingTrigger):
         self, poller: ConversationPoller, token: int, progress: ReplyProgress | None, after_round: int
     ) -> tuple[ReplyProgress, int, dict[str, Any] | None]:
         """One poll: (what was seen, the round it came from, the reply or ``None``)."""
-        from famulor_provider.replies import ReplyProgress
+        from famulor_provider.conversations.replies import ReplyProgress
 
         if progress is None:
             progress = ReplyProgress(await self._watch())
@@ -683,7 +683,7 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         return key
 
     def _producer(self, stores: Callable[[], list[Any]]) -> InboundProducer:
-        from famulor_provider.inbound_poll import InboundProducer
+        from famulor_provider.conversations.inbound_poll import InboundProducer
 
         return InboundProducer(
             famulor_conn_id=self.famulor_conn_id,

@@ -48,7 +48,7 @@ def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def customer_writes_later(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``customer_writes_later(text)``: the customer writes ``text`` 0.5 s after the sensor (or its
     trigger) first knows where replies begin, whatever the time the DAG run took to get there."""
-    from famulor_provider.replies import ReplyProgress
+    from famulor_provider.conversations.replies import ReplyProgress
 
     texts: list[str] = []
     real = ReplyProgress.needs_read

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from famulor_fixtures import set_sandbox_conn
 
-from famulor_provider import polling
+from famulor_provider.conversations import polling
+from famulor_provider.conversations.polling import PollingBudget
 from famulor_provider.exceptions import FamulorValidationError
-from famulor_provider.polling import PollingBudget
 from famulor_provider.testing import SANDBOX_API_KEY
 from famulor_provider.triggers.whatsapp import WhatsAppReplyTrigger, conversation_poller
 
@@ -252,7 +252,7 @@ def test_the_interval_is_stretched_to_the_budget_and_logged(
             waiter.cancel()
         return first, time.monotonic()
 
-    with caplog.at_level(logging.INFO, logger="famulor_provider.polling"):
+    with caplog.at_level(logging.INFO, logger="famulor_provider.conversations.polling"):
         first, third = asyncio.run(scenario())
     assert third - first >= 2 * 0.5 - 0.05  # two rounds at the stretched 0.5 s, not 0.1 s
     assert "costs 5 requests: stretching the interval from 0.1 s to 0.5 s" in caplog.text

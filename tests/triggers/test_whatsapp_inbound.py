@@ -18,7 +18,7 @@ import pytest
 from fake_state_store import FakeAssetStateStore
 from famulor_fixtures import set_sandbox_conn
 
-from famulor_provider.inbound_poll import InboundPoller
+from famulor_provider.conversations.inbound_poll import InboundPoller
 from famulor_provider.triggers import whatsapp as trigger_module
 from famulor_provider.triggers.whatsapp import WhatsAppInboundMessageTrigger
 
@@ -338,7 +338,7 @@ def test_watchers_of_one_scope_share_one_poll_and_both_get_every_message(famulor
 
 
 def test_a_429_is_waited_out_as_retry_after_says(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch):
-    from famulor_provider import inbound_poll
+    from famulor_provider.conversations import inbound_poll
 
     sleeps: list[float] = []
     real_sleep = asyncio.sleep

@@ -2,7 +2,7 @@
 
 **One poll.** :class:`InboundPoller` walks ``GET /user/conversations`` (``per_page=100``) and
 compares each conversation's ``message_count`` with what was last turned into events (the
-:class:`~famulor_provider.inbound_cursor.InboundCursor`, plus what was emitted and is not yet
+:class:`~famulor_provider.conversations.inbound_cursor.InboundCursor`, plus what was emitted and is not yet
 acknowledged); only a conversation whose count grew is read with ``GET /conversations/{uuid}``.
 A poll therefore costs the listing's pages plus one read per changed conversation, whatever the
 listing's order. Early stop: when every page of the last full pass was ordered by
@@ -10,7 +10,7 @@ listing's order. Early stop: when every page of the last full pass was ordered b
 recently active) conversation did not change and is strictly older than the newest activity the
 previous poll saw; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
 seemed ordered delays a message by at most that many polls, never loses it. Each request takes
-a slot of the connection's polling budget (:mod:`famulor_provider.polling`, shared with the reply
+a slot of the connection's polling budget (:mod:`.polling`, shared with the reply
 sensor), and the interval stretches when a poll costs more than the budget allows.
 
 **Airflow 3.3.2's machinery** (``airflow/triggers/base.py``, ``triggers/shared_stream.py``,
@@ -46,7 +46,7 @@ conversation's new messages (:class:`ConversationUpdate`), its payload ``(conver
 end)``; after each poll it yields a tick (``None``), so that the poll's last update resolves
 without waiting for the next customer message. ``advance`` moves the cursor over clean updates
 only (and only contiguously: the cursor must be at ``start``), then writes the cursor's journal
-to the asset state store (one value, see :mod:`famulor_provider.inbound_cursor`: each store
+to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`: each store
 access from the triggerer is a round trip through its supervisor); an update that is not clean
 is forgotten, so the next poll reads the conversation again from the cursor. The producer cannot
 reach the trigger instance that holds the injected store: each instance registers its store in
@@ -67,14 +67,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from famulor_provider.conversations.inbound_cursor import CursorStore, InboundCursor
 from famulor_provider.exceptions import FamulorError
-from famulor_provider.inbound_cursor import CursorStore, InboundCursor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from famulor_provider.conversations.inbound_cursor import StateStore
     from famulor_provider.hooks.famulor import FamulorHook
-    from famulor_provider.inbound_cursor import StateStore
     from famulor_provider.models import WhatsAppConversation
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class InboundPoller:
 
     async def _slot(self) -> None:
         """Take one request's slot of the connection's polling budget (shared with the reply sensor)."""
-        from famulor_provider.polling import POLLING_BUDGET
+        from famulor_provider.conversations.polling import POLLING_BUDGET
 
         config = await self.hook.aget_config()
         await POLLING_BUDGET.acquire(self.hook.famulor_conn_id, config.poll_requests_per_minute)
@@ -462,7 +462,7 @@ class InboundProducer(_ProducerBase):
 
     async def _budgeted_interval(self, requests: int) -> float:
         """The poll interval, stretched when one poll's requests exceed the connection's budget."""
-        from famulor_provider.polling import POLLING_BUDGET
+        from famulor_provider.conversations.polling import POLLING_BUDGET
 
         assert self.poller is not None
         config = await self.poller.hook.aget_config()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fake_state_store import MAX_VALUE_STORAGE_BYTES, FakeAssetStateStore
 
-from famulor_provider.inbound_cursor import (
+from famulor_provider.conversations.inbound_cursor import (
     JOURNAL_LIMIT,
     CursorStore,
     InboundCursor,

@@ -8,9 +8,9 @@ import logging
 import pytest
 from famulor_fixtures import set_conn
 
+from famulor_provider.conversations.polling import POLLING_BUDGET, PollingBudget
 from famulor_provider.exceptions import FamulorValidationError
 from famulor_provider.hooks.famulor import FamulorHook
-from famulor_provider.polling import POLLING_BUDGET, PollingBudget
 
 
 class Clock:
@@ -80,7 +80,7 @@ def test_acquire_sleeps_without_blocking() -> None:
 
 def test_interval_stretches_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     budget = PollingBudget(Clock())
-    with caplog.at_level(logging.INFO, logger="famulor_provider.polling"):
+    with caplog.at_level(logging.INFO, logger="famulor_provider.conversations.polling"):
         assert budget.interval("conn", 10, 60) == 60  # 10 requests a minute: within 50
         assert caplog.records == []
         assert budget.interval("conn", 101, 60) == pytest.approx(121.2)  # 100 pages + 1 read

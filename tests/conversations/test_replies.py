@@ -10,9 +10,14 @@ import requests
 import requests_mock
 from famulor_fixtures import BASE, KEY, set_conn
 
+from famulor_provider.conversations.replies import (
+    AFTER_SEND_KEYS,
+    ReplyWatch,
+    baseline_from_send,
+    history_after_send,
+)
 from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.models import ConversationHistory, WhatsAppMessage
-from famulor_provider.replies import AFTER_SEND_KEYS, ReplyWatch, baseline_from_send, history_after_send
 
 LIST_URL = f"{BASE}/user/conversations"
 SENDER = "+4930901820"
@@ -174,7 +179,7 @@ def test_other_replies_are_logged_once_and_waited_past(caplog: pytest.LogCapture
     watch = ReplyWatch(SENDER, CUSTOMER, baseline=2, choices=("YES", "NO"))
     logged: set[int] = set()
     waiting = history(*BEFORE, ("user", "Yes, but later"), ("assistant", "When?"))
-    with caplog.at_level(logging.INFO, logger="famulor_provider.replies"):
+    with caplog.at_level(logging.INFO, logger="famulor_provider.conversations.replies"):
         assert watch.reply(waiting, logged) is None
         assert watch.reply(waiting, logged) is None
     assert logged == {2}
