@@ -7,9 +7,13 @@
 #   make venv                  .venv with the latest Airflow 3.x, -e .[test,dev]
 #   make dist                  wheel + sdist in dist/, checked, installed into a fresh venv
 #   make airflow-db            a migrated SQLite DB in .airflow/latest/ for the airflow CLI
+#   make lock                  resolve every line's lock file again (then review the diff and commit)
 #
 # Lines: "latest" is the newest Airflow 3.x in .venv; any other line X.Y is apache-airflow==X.Y.*
-# in .venv-X.Y. A venv is rebuilt when pyproject.toml changes (stamp file .installed).
+# in .venv-X.Y. Each line installs exactly its committed lock file .ci/constraints/airflow-<line>.txt
+# (resolved by `make lock` from pyproject.toml, every extra, and .ci/constraints/airflow-<line>.in),
+# so a new upstream release changes nothing until a lock is refreshed on purpose. A venv is rebuilt
+# when pyproject.toml or its lock changes (stamp file .installed).
 # Recipes export AIRFLOW_HOME=.airflow/<line>/ (SQLite, no examples, dags folder example_dags/);
 # pytest itself runs each session in a temporary home seeded from .airflow/test-db/ (tests/conftest.py).
 
@@ -25,14 +29,14 @@ PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard famulor_provider tests example_dags benchmarks)
 
 venv_dir = $(if $(filter latest,$(1)),.venv,.venv-$(1))
-airflow_spec = apache-airflow$(if $(filter latest,$(1)),>=3$(comma)<4,==$(1).*)
-comma := ,
+LOCK_DIR := .ci/constraints
+lock_file = $(LOCK_DIR)/airflow-$(1).txt
 airflow_env = AIRFLOW_HOME=$(CURDIR)/.airflow/$(1) \
 	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(CURDIR)/.airflow/$(1)/airflow.db \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/example_dags
 
-.PHONY: venv lint test test-matrix airflow-db uv
+.PHONY: venv lint test test-matrix airflow-db uv lock
 .PRECIOUS: .venv-%/.installed .airflow/%/airflow.db
 
 venv: .venv/.installed
@@ -40,21 +44,34 @@ venv: .venv/.installed
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 
-# --compile-bytecode: PYTHONDONTWRITEBYTECODE=1 is set on our machines, so without it every
-# process would compile Airflow's sources again.
+# lock: every line's lock file, resolved for this machine's Python from pyproject.toml (all extras)
+# and the line's .in file. One line: make lock-2.11.
+lock: $(foreach line,$(AIRFLOW_VERSIONS),lock-$(line))
+
+lock-%: | uv
+	$(UV) pip compile --quiet --python $(PYTHON) --all-extras --no-emit-package airflow-provider-famulor \
+		--custom-compile-command 'make lock-$*' \
+		pyproject.toml $(LOCK_DIR)/airflow-$*.in -o $(call lock_file,$*)
+
+# A venv is its line's lock, exactly (uv pip sync removes anything else), plus the provider in
+# editable mode without resolving again; `uv pip check` fails when pyproject.toml asks for something
+# the lock lacks (run make lock). --compile-bytecode: PYTHONDONTWRITEBYTECODE=1 is set on our
+# machines, so without it every process would compile Airflow's sources again.
 define install_venv
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(2)
-	$(UV) pip install --quiet --compile-bytecode --python $(2)/bin/python \
-		-e '.[test,dev]' '$(call airflow_spec,$(1))'
+	$(UV) pip sync --quiet --compile-bytecode --python $(2)/bin/python $(call lock_file,$(1))
+	$(UV) pip install --quiet --no-deps --python $(2)/bin/python -e .
+	@$(UV) pip check --quiet --python $(2)/bin/python \
+		|| { echo "$(2) does not satisfy pyproject.toml: run make lock-$(1)"; exit 1; }
 	@$(2)/bin/python -c 'import importlib.metadata as m, sys; \
 		print("$(2): Airflow", m.version("apache-airflow"), "Python", sys.version.split()[0])'
 	@touch $(2)/.installed
 endef
 
-.venv/.installed: pyproject.toml | uv
+.venv/.installed: pyproject.toml $(call lock_file,latest) | uv
 	$(call install_venv,latest,.venv)
 
-.venv-%/.installed: pyproject.toml | uv
+.venv-%/.installed: pyproject.toml $(LOCK_DIR)/airflow-%.txt | uv
 	$(call install_venv,$*,.venv-$*)
 
 lint: .venv/.installed
@@ -83,7 +100,8 @@ test-matrix:
 # dist: the wheel and sdist in dist/ (python -m build, its isolated build env made by uv), checked
 # with `twine check --strict` and .ci/check_dist.py (LICENSE in both archives, classifiers, entry
 # point, the README's images in the sdist); then the wheel is installed with the latest Airflow 3.x
-# into a fresh temporary venv whose `airflow providers list` must name the provider and version.
+# (constrained by the latest line's lock) into a fresh temporary venv whose `airflow providers list`
+# must name the provider and version.
 DIST_AIRFLOW ?= apache-airflow>=3,<4
 
 .PHONY: dist
@@ -95,7 +113,7 @@ dist: .venv/.installed
 	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	version=$$(.venv/bin/python -c 'import famulor_provider; print(famulor_provider.__version__)'); \
 	$(UV) venv --quiet --python $(PYTHON) "$$tmp/venv"; \
-	$(UV) pip install --quiet --python "$$tmp/venv/bin/python" dist/*.whl '$(DIST_AIRFLOW)'; \
+	$(UV) pip install --quiet --python "$$tmp/venv/bin/python" -c $(call lock_file,latest) dist/*.whl '$(DIST_AIRFLOW)'; \
 	listed=$$(AIRFLOW_HOME="$$tmp/home" "$$tmp/venv/bin/airflow" providers list -o plain 2>"$$tmp/stderr") \
 		|| { cat "$$tmp/stderr"; exit 1; }; \
 	echo "$$listed" | awk -v v="$$version" '$$1 == "airflow-provider-famulor" && $$NF == v {print; found=1} END {exit !found}' \
@@ -115,8 +133,8 @@ airflow-db: .airflow/$(AIRFLOW_LINE)/airflow.db
 
 # test-ui: browser tests of the Famulor connection form (tests/ui) on each line in
 # UI_AIRFLOW_VERSIONS: Debian's Chromium (installed with apt-get if missing) driven by Playwright
-# (pip package only, never `playwright install`); the tests start the line's web server and the
-# Famulor sandbox on 127.0.0.1. Screenshots in artifacts/ui/; FAMULOR_UI_UPDATE_DOCS=1 also
+# (the pip package, in every lock; never `playwright install`); the tests start the line's web
+# server and the Famulor sandbox on 127.0.0.1. Screenshots in artifacts/ui/; FAMULOR_UI_UPDATE_DOCS=1 also
 # refreshes docs/connection-form.png (from Airflow 3).
 UI_AIRFLOW_VERSIONS ?= latest 2.11
 CHROMIUM ?= /usr/bin/chromium
@@ -132,7 +150,6 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 	@failed=""; \
 	for line in $(UI_AIRFLOW_VERSIONS); do \
 		venv=$$( [ "$$line" = latest ] && echo .venv || echo .venv-$$line ); \
-		$(UV) pip install --quiet --python $$venv/bin/python playwright; \
 		echo "=== UI tests on Airflow $$line ==="; \
 		FAMULOR_UI_TESTS=1 FAMULOR_UI_CHROMIUM=$(CHROMIUM) $$venv/bin/python -m pytest tests/ui -rxs \
 			$(PYTEST_ARGS) || failed="$$failed $$line"; \
@@ -150,14 +167,12 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 # - latest line only: the CeleryExecutor with Debian's redis-server (installed with apt-get if
 #   missing) and two workers; the worker running a task is SIGKILLed mid-try and the retry
 #   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
-#   CeleryExecutor). celery<5.7: celery 5.7.0 dropped celery.backends.database.retry, which
-#   apache-airflow-providers-celery 3.26.0 imports.
+#   CeleryExecutor). The celery provider and celery come with the latest line's lock.
 # - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
 #   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
 #   most one extra per kill, same dedupe_key) consumed by a DAG run. About 4 minutes.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
 REDIS_SERVER ?= /usr/bin/redis-server
-SYSTEM_CELERY_PACKAGES := apache-airflow-providers-celery 'celery[redis]>=5.5,<5.7'
 
 .PHONY: test-system redis-server
 
@@ -170,9 +185,6 @@ test-system: $(if $(filter latest,$(SYSTEM_AIRFLOW_VERSIONS)),redis-server) \
 	@failed=""; \
 	for line in $(SYSTEM_AIRFLOW_VERSIONS); do \
 		venv=$$( [ "$$line" = latest ] && echo .venv || echo .venv-$$line ); \
-		if [ "$$line" = latest ]; then \
-			$(UV) pip install --quiet --compile-bytecode --python $$venv/bin/python $(SYSTEM_CELERY_PACKAGES); \
-		fi; \
 		echo "=== system test on Airflow $$line ==="; \
 		FAMULOR_SYSTEM_TEST=1 $$venv/bin/python -m pytest tests/system -rs -s $(PYTEST_ARGS) \
 			|| failed="$$failed $$line"; \

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 if TYPE_CHECKING:
     from airflow_harness import DagRunResult
@@ -41,6 +42,7 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "example_dags"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
     }
 )
 SEEDED = DB_CACHE.exists()

@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 import pytest
+from cryptography.fernet import Fernet
 
 AIRFLOW_VERSION = importlib.metadata.version("apache-airflow")
 AIRFLOW_3 = int(AIRFLOW_VERSION.split(".")[0]) >= 3
@@ -133,6 +134,8 @@ class AirflowDeployment:
                 "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 "AIRFLOW_HOME": str(home),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db}",
+                # as every deployment has: connection passwords are stored encrypted
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 
 UI_DIR = Path(__file__).resolve().parent
 REPO_ROOT = UI_DIR.parents[1]
@@ -147,6 +148,8 @@ def server_env(home: Path) -> dict[str, str]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # as every deployment has: the form's password is stored encrypted
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             # The Test button of the connection form is off by default since Airflow 2.7.
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
