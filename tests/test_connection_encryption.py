@@ -45,9 +45,11 @@ def test_a_task_reads_a_password_encrypted_in_the_metadata_db(
         with create_session() as session:
             stored = session.query(Connection).filter(Connection.conn_id == CONN_ID).one()
             assert stored.is_encrypted
-            raw = session.execute(
-                Connection.__table__.select().where(Connection.conn_id == CONN_ID)
-            ).one()._mapping["password"]
+            raw = (
+                session.execute(Connection.__table__.select().where(Connection.conn_id == CONN_ID))
+                .one()
+                ._mapping["password"]
+            )
             assert SANDBOX_API_KEY not in raw  # encrypted at rest
             assert stored.password == SANDBOX_API_KEY
 
