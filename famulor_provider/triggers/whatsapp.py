@@ -70,10 +70,16 @@ class _SharedListing:
         return await hook.alist_whatsapp_senders(status=status, max_retries=0)
 
     def reusable(self, now: float, max_age: float) -> bool:
-        """Whether a caller may join it (in flight, not stalled) or reuse its result (young enough)."""
+        """Whether a caller may join it (in flight, not stalled) or reuse its result (young enough).
+
+        An error is never reused: it belongs to the poll that was waiting for it, and the next
+        poll asks again (a reused 503 would blind a trigger for ``max_age``).
+        """
         if not self.task.done():
             return now < self.deadline
-        return not self.task.cancelled() and now - self.started_at < max_age
+        if self.task.cancelled() or self.task.exception() is not None:
+            return False
+        return now - self.started_at < max_age
 
 
 # Keyed by event loop (the triggerer runs one; tests make new ones), connection and status query.
@@ -92,8 +98,9 @@ async def shared_senders(
     """
     List the senders of a connection, sharing the request with the other triggers of this loop.
 
-    A caller joins the request in flight, or reuses the last result (or error) while it is
-    younger than ``max_age``; otherwise it starts a new request. Callers with the shortest poll
+    A caller joins the request in flight, or reuses the last result while it is younger than
+    ``max_age``; otherwise it starts a new request. An error reaches only the callers that were
+    waiting for that request: the next call asks again. Callers with the shortest poll
     interval thus refresh the result for everybody: about one request per shortest interval.
     Cancelling a caller never cancels the shared request (``asyncio.shield``).
 

@@ -188,6 +188,25 @@ def test_transient_faults_are_waited_past(
     assert result.xcom("reply")["text"] == "YES"
 
 
+def test_a_failed_sender_look_up_in_the_triggerer_does_not_blind_the_sensor(
+    run_dag: Any, famulor_sandbox: Any, trigger_runs: list[str]
+) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=PAST)
+    # Deferred with after=, the worker makes no request: the trigger's first sender look-up fails.
+    famulor_sandbox.inject("status", path="/user/whatsapp/senders", status=503)
+    started = time.monotonic()
+
+    result = run_dag(DAGS, "reply_deferrable", conf={"replies": [{"text": "yes"}]})
+
+    assert result.states["reply"] == "success"
+    assert time.monotonic() - started < 25  # not the sensor's 30 s timeout
+    reply = result.xcom("reply")
+    assert (reply["text"], reply["choice"], reply["message_index"]) == ("yes", "YES", 3)
+    senders = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders"]
+    assert [r.status for r in senders][:2] == [503, 200]
+    assert trigger_runs[0] == PHONE
+
+
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_a_bad_key_fails_at_once(run_dag: Any, famulor_sandbox: Any, wrong_key: None, mode: str) -> None:
     started = time.monotonic()

@@ -167,6 +167,18 @@ def test_transient_faults_keep_polling(
     assert "Famulor is unavailable for now" in caplog.text + capsys.readouterr().out
 
 
+def test_a_failed_sender_look_up_is_retried_at_the_next_poll(famulor_sandbox: Any) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
+    famulor_sandbox.inject("status", path="/user/whatsapp/senders", status=503)
+    famulor_sandbox.schedule_receive(0.5, SENDER, PHONE, "YES")
+
+    event = asyncio.run(first_event(make_trigger(sender_phone=None, sender_id=12, baseline=1, timeout=8)))
+
+    assert event["status"] == "success"
+    senders = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders"]
+    assert [r.status for r in senders] == [503, 200]  # the 503 was not reused: the next poll asked again
+
+
 # -- shared polling -----------------------------------------------------------------------------------
 
 
