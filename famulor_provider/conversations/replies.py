@@ -9,8 +9,10 @@ messages at that position or later are replies. The rules, in the README ("Waiti
 - unknown baseline (the read failed, or no ``after``): the history's length at the waiter's
   first read is the baseline, so only messages that arrive after that read count;
 - only ``role: "user"`` messages count; the assistant's never do;
-- with ``choices``, the first counted message that equals a choice (case, and spaces and
-  punctuation around it, ignored) is the reply; without, the first counted message is.
+- with ``choices``, the first counted message that equals a choice once both are normalised
+  (``famulor_provider.models.normalize_reply``: case, invisible characters, and the spaces,
+  punctuation, formatting markers and emoji around the words ignored) is the reply; without,
+  the first counted message is.
 """
 
 from __future__ import annotations

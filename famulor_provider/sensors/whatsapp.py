@@ -217,9 +217,11 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
     and messages carry no time, so reschedule mode needs ``after``). The assistant's messages
     never count.
 
-    With ``choices`` a reply counts only when it equals one of them, ignoring case and the spaces
-    and punctuation around it (``" yes! "`` is ``YES``; ``"Yes, but later"`` is not); other
-    replies are logged and waited past. The sensor returns (XCom) ``conversation_id`` (uuid),
+    With ``choices`` a reply counts only when it equals one of them after Unicode NFKC and case
+    folding, without zero-width characters, variation selectors and skin tones, and without the
+    spaces, punctuation, WhatsApp formatting markers (``*_~```) and emoji around the words
+    (``" yes! "`` and ``"*Yes* 👍"`` are ``YES``; ``"Yes, but later"`` is not); other replies
+    are logged and waited past. The sensor returns (XCom) ``conversation_id`` (uuid),
     ``sender_phone``, ``recipient_phone``, ``text`` (the reply as written), ``choice`` (the entry
     of ``choices`` as written there, or ``None``), ``message_index`` and ``replies`` (every
     customer message after the send seen so far, in order); the same in every mode.

@@ -237,7 +237,12 @@ EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_wh
 
 
 @pytest.mark.parametrize(
-    ("answer", "branch", "skipped"), [(" Yes! ", "confirmed", "declined"), ("no", "declined", "confirmed")]
+    ("answer", "branch", "skipped"),
+    [
+        (" Yes! ", "confirmed", "declined"),
+        ("*Yes* 👍🏽", "confirmed", "declined"),
+        ("no", "declined", "confirmed"),
+    ],
 )
 def test_the_confirmation_example_branches_on_the_answer(
     run_dag: Any,
