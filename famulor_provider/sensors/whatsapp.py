@@ -475,11 +475,21 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
         event = event or {}
         status = event.get("status")
         if status == "success":
-            reply: dict[str, Any] = event["reply"]
+            # The event says where the reply is; one read gets it (never in the triggerer's log).
+            from famulor_provider.conversations.replies import resume_reply
+            from famulor_provider.models import check_choices
+
+            reply = resume_reply(self.hook, event, self._target()[2], check_choices(self.choices))
             self._log_reply(reply)
             return reply
         if status == "timeout":
+            from famulor_provider.privacy import phone_for_log
+
             message = str(event.get("message") or "Sensor has timed out")
+            seen = event.get("replies_seen")
+            message += f" (customer {phone_for_log(self._target()[2])}" + (
+                f"; {seen} other repl{'y' if seen == 1 else 'ies'})" if seen else ")"
+            )
             if self.soft_fail:
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
