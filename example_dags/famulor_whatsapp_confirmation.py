@@ -2,9 +2,10 @@
 
 The template asks the question ("Reply YES to confirm your appointment"); the deferrable reply
 sensor counts only customer messages written after that send (also one written before the
-sensor's first poll), ignores case and the punctuation around the answer (" yes! " is YES), and
-waits past other replies. ``decide`` follows the answer: ``confirmed`` or ``declined`` runs,
-the other is skipped; no answer in 24 hours fails the sensor (``soft_fail=True`` would skip).
+sensor's first poll), ignores case and the punctuation, formatting and emoji around the answer
+(" yes! ", "*Yes* 👍" are YES), and waits past other replies. ``decide`` follows the answer:
+``confirmed`` or ``declined`` runs, the other is skipped; no answer in 24 hours fails the
+sensor (``soft_fail=True`` would skip).
 
 Needs a Famulor connection ``famulor_default`` and an approved template that asks the question
 (``params.template_name``). Against the local sandbox, whose ``order_update`` template stands in

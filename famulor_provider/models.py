@@ -7,7 +7,7 @@ the API adds values (``connecting``, ``NA``, ...) that a provider release cannot
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -513,23 +513,55 @@ class ConversationHistory:
         return [m for m in self.messages[start:] if m.is_customer]
 
 
+# WhatsApp's formatting markers: *bold*, _italic_, ~strikethrough~, `monospace` and ```code```.
+FORMATTING_MARKERS = frozenset("*_~`")
+KEYCAP = "\u20e3"  # the enclosing keycap of 1️⃣
+
+
+def _is_invisible(char: str) -> bool:
+    """Zero-width and other format characters, variation selectors and skin-tone modifiers."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) == "Cf"  # zero-width space/joiners, direction marks, BOM, tags
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors (U+FE0F: "as emoji")
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF  # skin-tone modifiers
+    )
+
+
 def _is_edge_noise(char: str) -> bool:
-    return char.isspace() or unicodedata.category(char).startswith("P")
+    return char.isspace() or char in FORMATTING_MARKERS or unicodedata.category(char).startswith("P")
+
+
+def _is_emoji(char: str) -> bool:
+    return unicodedata.category(char) == "So" or char == KEYCAP
+
+
+def _strip(text: str, noise: Callable[[str], bool]) -> str:
+    start, end = 0, len(text)
+    while start < end and noise(text[start]):
+        start += 1
+    while end > start and noise(text[end - 1]):
+        end -= 1
+    return text[start:end]
 
 
 def normalize_reply(text: str) -> str:
-    """A reply as ``choices`` compare it: case folded, spaces and punctuation around it dropped.
+    """A reply as ``choices`` compare it.
 
-    Punctuation inside stays: ``" yes! "`` is ``"yes"`` but ``"Yes, but later"`` is not ``"yes"``.
+    Unicode NFKC (full-width ``yes`` is ``yes``) and case folding; zero-width characters, variation
+    selectors and skin-tone modifiers removed; spaces, punctuation, WhatsApp's formatting markers
+    (``*``, ``_``, ``~``, backticks) and emoji around the words dropped. A reply of emoji only is
+    compared as those emoji (``👍🏽`` is ``👍``). What is inside stays: ``" *Yes* 👍 "`` is
+    ``"yes"``, but ``"Yes, but later"`` and ``"yesterday"`` are not.
 
     :param text: the reply (or a choice).
     """
-    start, end = 0, len(text)
-    while start < end and _is_edge_noise(text[start]):
-        start += 1
-    while end > start and _is_edge_noise(text[end - 1]):
-        end -= 1
-    return text[start:end].casefold()
+    text = "".join(c for c in unicodedata.normalize("NFKC", text) if not _is_invisible(c))
+    text = unicodedata.normalize("NFKC", text.casefold())
+    stripped = _strip(text, _is_edge_noise)
+    words = _strip(stripped, lambda c: _is_edge_noise(c) or _is_emoji(c))
+    return words or stripped
 
 
 def check_choices(choices: Any) -> tuple[str, ...] | None:
@@ -552,7 +584,7 @@ def check_choices(choices: Any) -> tuple[str, ...] | None:
             raise FamulorValidationError(
                 "choices",
                 f"{checked[key]!r} and {value!r} are the same answer "
-                "(case, spaces and punctuation around it are ignored)",
+                "(case, and the spaces, punctuation, formatting markers and emoji around it are ignored)",
             )
         checked[key] = value
     if not checked:
@@ -561,8 +593,8 @@ def check_choices(choices: Any) -> tuple[str, ...] | None:
 
 
 def match_choice(text: str, choices: Iterable[str] | None) -> str | None:
-    """The entry of ``choices`` (as written there) that ``text`` equals, ignoring case and the
-    spaces and punctuation around both; ``None`` when none does.
+    """The entry of ``choices`` (as written there) that ``text`` equals once both are normalised
+    (:func:`normalize_reply`); ``None`` when none does.
 
     :param text: the customer's reply.
     :param choices: the accepted answers.

@@ -30,14 +30,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import requests
 import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from famulor_provider.connection import is_loopback
 from famulor_provider.exceptions import (
     FamulorAPIError,
     FamulorAuthError,
@@ -53,6 +51,7 @@ from famulor_provider.exceptions import (
     FamulorTimeoutError,
 )
 from famulor_provider.get_provider_info import DEFAULT_BASE_URL
+from famulor_provider.proxies import proxy_for
 
 if TYPE_CHECKING:
     import httpx
@@ -296,20 +295,20 @@ class DeadlineAdapter(HTTPAdapter):
 
 
 class _Session(requests.Session):
-    """A session that never sends a request for a loopback URL through a proxy (the sandbox over
-    plain http: the key would reach the proxy in clear text)."""
+    """A session whose proxy for each URL is :func:`famulor_provider.proxies.proxy_for`'s, the
+    async path's rule (a loopback URL never goes through a proxy)."""
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if is_loopback_url(url):  # explicit None entries win over the environment's, then drop out
-            proxies = {"http": None, "https": None, "all": None}
-        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        # Explicit entries win over the environment's; None entries then drop out (direct).
+        routes: Any = dict.fromkeys(("http", "https", "all"), proxy_for(url))
+        return super().merge_environment_settings(url, routes, stream, verify, cert)
 
 
 def new_session(headers: Mapping[str, str]) -> requests.Session:
     """A keep-alive ``requests`` session with deadline-aware connections and the given headers.
 
-    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), as ``requests`` reads
-    them, except for a loopback URL, which is always reached directly.
+    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) by the rule of
+    :mod:`famulor_provider.proxies`, the async path's; a loopback URL is always reached directly.
     """
     session = _Session()
     adapter = DeadlineAdapter(pool_maxsize=POOL_SIZE)
@@ -324,14 +323,6 @@ def new_session(headers: Mapping[str, str]) -> requests.Session:
 
 def _keep_bearer_header(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` names a loopback host (never reached through a proxy)."""
-    return _is_loopback_host(urlsplit(url).hostname or "")
-
-
-_is_loopback_host = functools.lru_cache(maxsize=64)(is_loopback)  # once per host, not per request
 
 
 def httpx_verify(verify_ssl: bool) -> Any:
@@ -352,13 +343,20 @@ def _tls_context(cert_file: str | None, cert_dir: str | None) -> Any:
     return httpx.create_ssl_context(verify=True, trust_env=True)  # reads SSL_CERT_FILE/_DIR
 
 
-def httpx_mounts(base_url: str) -> dict[str, None]:
-    """httpx ``mounts`` for ``base_url``: none (the environment's proxies apply), or for a
-    loopback host a direct route that wins over every proxy pattern."""
-    host = urlsplit(base_url).hostname or ""
-    if not is_loopback(host):
-        return {}
-    return {f"all://[{host}]" if ":" in host else f"all://{host}": None}
+def httpx_mounts(base_url: str, verify: Any) -> dict[str, Any]:
+    """httpx ``mounts`` for a client of ``base_url`` that reads no proxy from the environment
+    (``trust_env=False``): direct, or through :func:`famulor_provider.proxies.proxy_for`'s proxy,
+    the sync path's rule.
+
+    :param base_url: the API's base URL (the client talks to no other host).
+    :param verify: the client's ``verify`` (:func:`httpx_verify`), for the proxy's transport.
+    """
+    import httpx
+
+    proxy = proxy_for(base_url)
+    if proxy is None:
+        return {"all://": None}  # the client's own transport: direct
+    return {"all://": httpx.AsyncHTTPTransport(verify=verify, proxy=httpx.Proxy(proxy))}
 
 
 def httpx_trace(attempt: Attempt) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:

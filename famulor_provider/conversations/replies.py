@@ -9,8 +9,10 @@ messages at that position or later are replies. The rules, in the README ("Waiti
 - unknown baseline (the read failed, or no ``after``): the history's length at the waiter's
   first read is the baseline, so only messages that arrive after that read count;
 - only ``role: "user"`` messages count; the assistant's never do;
-- with ``choices``, the first counted message that equals a choice (case, and spaces and
-  punctuation around it, ignored) is the reply; without, the first counted message is.
+- with ``choices``, the first counted message that equals a choice once both are normalised
+  (``famulor_provider.models.normalize_reply``: case, invisible characters, and the spaces,
+  punctuation, formatting markers and emoji around the words ignored) is the reply; without,
+  the first counted message is.
 """
 
 from __future__ import annotations
@@ -238,6 +240,58 @@ class ReplyProgress:
         result = self.watch.reply(history, self.logged)
         self.read_count, self.last_history = len(history.messages), history
         return result
+
+
+def found_event(progress: ReplyProgress, reply: Mapping[str, Any]) -> dict[str, Any]:
+    """A reply trigger's success payload: where the reply is, never whose or what it is.
+
+    Airflow logs each event a trigger fires at INFO, payload included, so the payload holds no
+    customer number and no text: the resumed task reads them (:func:`resume_reply`).
+
+    :param progress: the trigger's progress; its last read found ``reply``.
+    :param reply: :meth:`ReplyWatch.reply`'s result.
+    """
+    return {
+        "status": "success",
+        "conversation_id": reply["conversation_id"],
+        "sender_phone": progress.watch.sender_phone,  # the business number
+        "baseline": progress.watch.baseline,
+        "message_index": reply["message_index"],
+        "history_length": progress.read_count,
+    }
+
+
+def resume_reply(
+    hook: FamulorHook, event: Mapping[str, Any], recipient_phone: str, choices: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """The sensor's result (XCom) from a reply trigger's :func:`found_event`: one read of the
+    conversation (retried as reads are), cut to the history the trigger saw.
+
+    A conversation changed since (the customer wrote on) gives the result the trigger saw; one
+    whose history was cut gives the first reply still in it, or a ``FamulorError`` when none is.
+
+    :param hook: the sensor's hook.
+    :param event: the success event's payload.
+    :param recipient_phone: the customer.
+    :param choices: the accepted answers, or ``None`` for any reply.
+    """
+    import dataclasses
+
+    from famulor_provider.exceptions import FamulorError
+
+    conversation_id = str(event["conversation_id"])
+    history = hook.get_conversation(conversation_id)
+    watch = ReplyWatch(str(event["sender_phone"]), recipient_phone, int(event["baseline"]), choices)
+    seen = dataclasses.replace(history, messages=history.messages[: int(event["history_length"])])
+    reply = watch.reply(seen)
+    if reply is None or reply["message_index"] != event["message_index"]:
+        reply = watch.reply(history)
+    if reply is None:
+        raise FamulorError(
+            f"The reply the trigger found (message {event['message_index']}) is no longer in "
+            f"conversation {conversation_id}: its history was cut. Clear the task to wait again."
+        )
+    return reply
 
 
 def sender_phone_of(senders: Iterable[Any], sender_id: int, famulor_conn_id: str) -> str:

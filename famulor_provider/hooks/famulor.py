@@ -205,11 +205,13 @@ class FamulorHook(BaseHook):
 
         config = await self.aget_config()
         endpoint = f"{method} {path}"
+        verify = httpx_verify(config.verify_ssl)
         async with httpx.AsyncClient(
             headers=config.headers,
-            mounts=httpx_mounts(config.base_url),  # None: no proxy for that host
+            trust_env=False,  # the proxy is decided by the sync path's rule: httpx_mounts
+            mounts=httpx_mounts(config.base_url, verify),
             timeout=httpx.Timeout(config.deadline, connect=config.connect_timeout),
-            verify=httpx_verify(config.verify_ssl),
+            verify=verify,
             follow_redirects=False,
         ) as client:
 

@@ -217,9 +217,11 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
     and messages carry no time, so reschedule mode needs ``after``). The assistant's messages
     never count.
 
-    With ``choices`` a reply counts only when it equals one of them, ignoring case and the spaces
-    and punctuation around it (``" yes! "`` is ``YES``; ``"Yes, but later"`` is not); other
-    replies are logged and waited past. The sensor returns (XCom) ``conversation_id`` (uuid),
+    With ``choices`` a reply counts only when it equals one of them after Unicode NFKC and case
+    folding, without zero-width characters, variation selectors and skin tones, and without the
+    spaces, punctuation, WhatsApp formatting markers (``*_~```) and emoji around the words
+    (``" yes! "`` and ``"*Yes* 👍"`` are ``YES``; ``"Yes, but later"`` is not); other replies
+    are logged and waited past. The sensor returns (XCom) ``conversation_id`` (uuid),
     ``sender_phone``, ``recipient_phone``, ``text`` (the reply as written), ``choice`` (the entry
     of ``choices`` as written there, or ``None``), ``message_index`` and ``replies`` (every
     customer message after the send seen so far, in order); the same in every mode.
@@ -473,11 +475,21 @@ class WhatsAppReplySensor(FamulorHookMixin, BaseSensorOperator):
         event = event or {}
         status = event.get("status")
         if status == "success":
-            reply: dict[str, Any] = event["reply"]
+            # The event says where the reply is; one read gets it (never in the triggerer's log).
+            from famulor_provider.conversations.replies import resume_reply
+            from famulor_provider.models import check_choices
+
+            reply = resume_reply(self.hook, event, self._target()[2], check_choices(self.choices))
             self._log_reply(reply)
             return reply
         if status == "timeout":
+            from famulor_provider.privacy import phone_for_log
+
             message = str(event.get("message") or "Sensor has timed out")
+            seen = event.get("replies_seen")
+            message += f" (customer {phone_for_log(self._target()[2])}" + (
+                f"; {seen} other repl{'y' if seen == 1 else 'ies'})" if seen else ")"
+            )
             if self.soft_fail:
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)

@@ -70,10 +70,16 @@ class _SharedListing:
         return await hook.alist_whatsapp_senders(status=status, max_retries=0)
 
     def reusable(self, now: float, max_age: float) -> bool:
-        """Whether a caller may join it (in flight, not stalled) or reuse its result (young enough)."""
+        """Whether a caller may join it (in flight, not stalled) or reuse its result (young enough).
+
+        An error is never reused: it belongs to the poll that was waiting for it, and the next
+        poll asks again (a reused 503 would blind a trigger for ``max_age``).
+        """
         if not self.task.done():
             return now < self.deadline
-        return not self.task.cancelled() and now - self.started_at < max_age
+        if self.task.cancelled() or self.task.exception() is not None:
+            return False
+        return now - self.started_at < max_age
 
 
 # Keyed by event loop (the triggerer runs one; tests make new ones), connection and status query.
@@ -92,8 +98,9 @@ async def shared_senders(
     """
     List the senders of a connection, sharing the request with the other triggers of this loop.
 
-    A caller joins the request in flight, or reuses the last result (or error) while it is
-    younger than ``max_age``; otherwise it starts a new request. Callers with the shortest poll
+    A caller joins the request in flight, or reuses the last result while it is younger than
+    ``max_age``; otherwise it starts a new request. An error reaches only the callers that were
+    waiting for that request: the next call asks again. Callers with the shortest poll
     interval thus refresh the result for everybody: about one request per shortest interval.
     Cancelling a caller never cancels the shared request (``asyncio.shield``).
 
@@ -421,10 +428,16 @@ class WhatsAppReplyTrigger(_PollingTrigger):
     Every reply trigger of a connection in this triggerer shares one :class:`ConversationPoller`:
     per interval the API sees the listing's pages (or one filtered listing per awaited
     conversation, whichever is cheaper) plus one read per conversation whose ``message_count``
-    grew. Yields exactly one event: ``{"status": "success", "reply": {...}}``, ``{"status":
-    "error", ...}`` for what waiting cannot fix (auth, unknown sender), or ``{"status":
-    "timeout", "message", "replies"}`` at ``end_time``. Transient faults are logged and the next
+    grew. Yields exactly one event: ``{"status": "success", ...}``, ``{"status": "error", ...}``
+    for what waiting cannot fix (auth, unknown sender), or ``{"status": "timeout", "message",
+    "replies_seen"}`` at ``end_time``. Transient faults are logged and the next
     poll is the retry. Running again after a triggerer restart finds the same reply.
+
+    No event holds the customer's number or words (Airflow logs every event's payload at INFO):
+    a success says where the reply is (``conversation_id``, ``sender_phone``: the business
+    number, ``baseline``, ``message_index``, ``history_length``) and the resumed sensor reads it
+    (``famulor_provider.conversations.replies.resume_reply``); a timeout counts the other replies
+    (``replies_seen``).
 
     :param famulor_conn_id: the Famulor connection.
     :param recipient_phone: the customer (E.164).
@@ -490,18 +503,16 @@ class WhatsAppReplyTrigger(_PollingTrigger):
         return ReplyWatch(phone, self.recipient_phone, baseline, choices)
 
     def _timeout_event(self, progress: ReplyProgress | None) -> TriggerEvent:
-        from famulor_provider.privacy import phone_for_log
-
-        replies: list[str] = []
+        """The timeout event: no customer number, no text (Airflow logs the payload at INFO)."""
+        seen = 0
         if progress is not None and progress.last_history is not None and progress.watch.baseline is not None:
-            replies = [m.content for m in progress.last_history.customer_messages(progress.watch.baseline)]
-        what = "a reply" if self.choices is None else f"a reply in {self.choices}"
+            seen = len(progress.last_history.customer_messages(progress.watch.baseline))
+        what = "reply" if self.choices is None else f"reply in {self.choices}"
         return TriggerEvent(
             {
                 "status": "timeout",
-                "message": f"Sensor has timed out: no {what} from {phone_for_log(self.recipient_phone)} "
-                "by the end time",
-                "replies": replies,
+                "message": f"Sensor has timed out: no {what} by the end time",
+                "replies_seen": seen,
             }
         )
 
@@ -539,7 +550,9 @@ class WhatsAppReplyTrigger(_PollingTrigger):
                 else:
                     progress, after_round, reply = result
                     if reply is not None:
-                        yield TriggerEvent({"status": "success", "reply": reply})
+                        from famulor_provider.conversations.replies import found_event
+
+                        yield TriggerEvent(found_event(progress, reply))
                         return
                 remaining = self._remaining()
                 await asyncio.sleep(wait if remaining is None else max(0.0, min(wait, remaining)))

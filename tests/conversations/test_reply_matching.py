@@ -1,4 +1,6 @@
-"""Reply matching rules of ``choices``: case, spaces and punctuation around a reply are ignored."""
+"""Reply matching rules of ``choices``: compared after NFKC and case folding, without invisible
+characters, variation selectors and skin tones, and without the spaces, punctuation, WhatsApp
+formatting markers and emoji around the words."""
 
 from __future__ import annotations
 
@@ -22,13 +24,45 @@ from famulor_provider.models import check_choices, match_choice, normalize_reply
         ("\tNO\n", "NO"),
         ("Yes, but later", None),
         ("y-e-s", None),
-        ("yes 👍", None),
         ("yess", None),
         ("", None),
         ("!!!", None),
     ],
 )
 def test_match_choice(text: str, expected: str | None) -> None:
+    assert match_choice(text, ("YES", "NO")) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["YES 👍", "Yes 🙂", "~yes~", "\uff59\uff45\uff53", "YES\u200b", "Yes\ufe0f"]
+)
+def test_everyday_spellings_of_yes_match(text: str) -> None:
+    assert match_choice(text, ("YES", "NO")) == "YES"
+
+
+def test_an_emoji_with_a_skin_tone_matches_the_plain_emoji() -> None:
+    assert match_choice("👍🏽", ("👍", "👎")) == "👍"
+
+
+@pytest.mark.parametrize("text", ["not yes", "yes no", "yesterday", "yes, but later"])
+def test_other_words_make_another_answer(text: str) -> None:
+    assert match_choice(text, ("YES", "NO")) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("*YES*", "YES"),
+        ("_no_", "NO"),
+        ("```yes```", "YES"),
+        ("`No` 🙏🏼", "NO"),
+        ("👍 Yes!", "YES"),
+        ("\u200eyes\u200f", "YES"),  # direction marks
+        ("👎", None),  # an emoji alone is compared as the emoji
+        ("yes 👍 no", None),  # an emoji between words is kept
+    ],
+)
+def test_markers_emoji_and_invisible_characters_around_the_words(text: str, expected: str | None) -> None:
     assert match_choice(text, ("YES", "NO")) == expected
 
 
@@ -41,6 +75,8 @@ def test_choice_returned_as_written_and_inner_punctuation_counts() -> None:
 def test_normalize_reply() -> None:
     assert normalize_reply("  «Ja!» ") == "ja"
     assert normalize_reply("Yes, but later.") == "yes, but later"
+    assert normalize_reply("*\uff2a\uff41* 👍🏽") == "ja"
+    assert normalize_reply(" 👍🏽\ufe0f ") == "👍"
 
 
 @pytest.mark.parametrize(
@@ -57,6 +93,8 @@ def test_check_choices(choices: Any, expected: Any) -> None:
         (["YES", "yes!"], "same answer"),
         (["YES", 1], "not a reply"),
         (["?!"], "not a reply"),
+        (["*~_`"], "not a reply"),
+        (["YES", "*yes* 👍"], "same answer"),
         ([], "is empty"),
     ],
 )

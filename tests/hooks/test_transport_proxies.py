@@ -27,12 +27,14 @@ from loopback_servers import (
     closed_port,
 )
 
+from famulor_provider import proxies
 from famulor_provider.exceptions import (
     FamulorConnectionError,
     FamulorDeliveryUnknownError,
     FamulorTimeoutError,
 )
 from famulor_provider.hooks.famulor import FamulorHook
+from famulor_provider.proxies import bypass_proxy, proxy_for
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
@@ -206,3 +208,107 @@ def test_a_loopback_base_url_never_goes_through_a_proxy(
         assert server.methods() == ["GET"]
         assert proxy.lines == []
         assert proxy.connections == 0
+
+
+# -- NO_PROXY: one rule for both paths (famulor_provider.proxies) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "direct"),
+    [
+        ("https://10.1.2.3/api", "10.0.0.0/8", True),  # decided only: nothing connects to 10.x
+        ("https://10.1.2.3:8443/api", "example.org, 10.0.0.0/8", True),
+        ("https://11.1.2.3/api", "10.0.0.0/8", False),
+        ("https://10.1.2.3/api", "10.1.2.3", True),
+        ("https://[fd00::1]/api", "fd00::/8", True),
+        ("https://api.famulor.test/api", "10.0.0.0/8", False),  # a name is never looked up
+        ("https://api.famulor.test/api", "api.famulor.test", True),
+        ("https://api.famulor.test/api", "famulor.test", True),  # the names under it
+        ("https://api.famulor.test/api", ".famulor.test", True),
+        ("https://famulor.test/api", ".famulor.test", True),  # and the name itself
+        ("https://api.famulor.test/api", "*.famulor.test", True),
+        ("https://api.notfamulor.test/api", "famulor.test", False),
+        ("https://API.Famulor.Test/api", "api.famulor.TEST", True),
+        ("https://api.famulor.test/api", "*", True),
+        ("https://api.famulor.test/api", "api.famulor.test:443", True),  # the scheme's default port
+        ("https://api.famulor.test:8443/api", "api.famulor.test:8443", True),
+        ("https://api.famulor.test/api", "api.famulor.test:8443", False),
+        ("http://api.famulor.test/api", "api.famulor.test:80", True),
+        ("https://10.1.2.3:8443/api", "10.0.0.0/8:443", False),
+        ("https://[fd00::1]:8443/api", "[fd00::1]:8443", True),
+        ("https://api.famulor.test/api", "", False),
+        ("https://api.famulor.test/api", " , ,", False),
+    ],
+)
+def test_which_urls_no_proxy_sends_direct(url: str, no_proxy: str, direct: bool) -> None:
+    assert bypass_proxy(url, no_proxy) is direct
+
+
+def test_the_proxy_of_a_url_comes_from_the_environment(proxy_env: Callable[..., None]) -> None:
+    proxy_env(HTTPS_PROXY="proxy.corp:3128", HTTP_PROXY="http://plain.corp:8080", NO_PROXY="10.0.0.0/8")
+    assert proxy_for("https://api.famulor.ai/api") == "http://proxy.corp:3128"
+    assert proxy_for("http://api.famulor.ai/api") == "http://plain.corp:8080"
+    assert proxy_for("https://10.9.8.7/api") is None
+    assert proxy_for("http://127.0.0.1:8000/api") is None  # loopback: always direct
+
+
+SPELLINGS = ["api.famulor.test", "famulor.test", ".famulor.test", "*", "api.famulor.test:443"]
+
+
+@both_paths
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_each_no_proxy_spelling_is_honoured(
+    hook_for: Callable[..., FamulorHook], proxy_env: Callable[..., None], asynchronous: bool, spelling: str
+) -> None:
+    with DripServer(interval=0.0, tls=True) as server, ConnectProxy(server.port) as proxy:
+        proxy_env(HTTPS_PROXY=proxy.proxy_url, NO_PROXY=f"example.org,{spelling}")
+        hook = hook_for(API_URL)
+
+        with pytest.raises(FamulorConnectionError) as caught:  # direct: the name does not resolve
+            call_hook(hook, "list_whatsapp_senders", asynchronous)
+
+        assert caught.value.request_sent is False
+        assert proxy.lines == []
+
+
+@both_paths
+@pytest.mark.parametrize("spelling", ["api.famulor.test:8443", "notfamulor.test", "10.0.0.0/8"])
+def test_a_no_proxy_entry_for_another_host_or_port_keeps_the_proxy(
+    hook_for: Callable[..., FamulorHook], proxy_env: Callable[..., None], asynchronous: bool, spelling: str
+) -> None:
+    with DripServer(interval=0.0, tls=True) as server, ConnectProxy(server.port) as proxy:
+        proxy_env(HTTPS_PROXY=proxy.proxy_url, NO_PROXY=spelling)
+        hook = hook_for(API_URL)
+
+        assert [s.id for s in call_hook(hook, "list_whatsapp_senders", asynchronous)] == [12]
+        assert proxy.lines == [f"CONNECT {API_HOST}:443"]
+
+
+@pytest.fixture
+def loopback_not_exempt(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let NO_PROXY alone decide for 127.0.0.x (a loopback URL otherwise never uses a proxy), so
+    an address range can be tested with traffic on loopback only."""
+    monkeypatch.setattr(proxies, "is_loopback", lambda host: False)
+    proxies._proxy_for.cache_clear()
+    yield
+    proxies._proxy_for.cache_clear()
+
+
+@both_paths
+@pytest.mark.usefixtures("loopback_not_exempt")
+@pytest.mark.parametrize(("no_proxy", "through_proxy"), [("127.0.0.0/8", False), ("10.0.0.0/8", True)])
+def test_an_address_range_in_no_proxy_is_honoured(
+    hook_for: Callable[..., FamulorHook],
+    proxy_env: Callable[..., None],
+    asynchronous: bool,
+    no_proxy: str,
+    through_proxy: bool,
+) -> None:
+    with DripServer(interval=0.0, tls=True) as server, ConnectProxy(server.port) as proxy:
+        proxy_env(HTTPS_PROXY=proxy.proxy_url, NO_PROXY=no_proxy)
+        hook = hook_for(server.url)  # https://127.0.0.1:<port>/api
+
+        assert [s.id for s in call_hook(hook, "list_whatsapp_senders", asynchronous)] == [12]
+
+        assert server.methods() == ["GET"]
+        assert proxy.lines == ([f"CONNECT 127.0.0.1:{server.port}"] if through_proxy else [])

@@ -3,6 +3,7 @@ trigger runs inline) against the sandbox over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,21 @@ def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(trigger_module.WhatsAppReplyTrigger, "run", spy)
     return runs
+
+
+@pytest.fixture
+def trigger_events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every event the reply triggers fired, as Airflow got them."""
+    events: list[Any] = []
+    real = trigger_module.WhatsAppReplyTrigger.run
+
+    async def spy(self: Any) -> Any:
+        async for event in real(self):
+            events.append(event)
+            yield event
+
+    monkeypatch.setattr(trigger_module.WhatsAppReplyTrigger, "run", spy)
+    return events
 
 
 @pytest.fixture
@@ -102,6 +118,44 @@ def test_a_reply_before_the_first_poke_counts_and_history_before_the_send_does_n
     }
     assert result.xcom("use_reply") == "NO"
     assert bool(trigger_runs) is (mode == "deferrable")
+
+
+def test_the_triggerer_sees_neither_the_customers_number_nor_their_words(
+    run_dag: Any, famulor_sandbox: Any, trigger_events: list[Any]
+) -> None:
+    try:
+        from airflow.sdk.serde import serialize
+    except ImportError:  # Airflow 2.11
+        from airflow.serialization.serde import serialize
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=PAST)
+    replies = [{"text": "Maybe later", "assistant_reply": "Please answer YES or NO"}, {"text": "*No* 🙏🏽"}]
+
+    result = run_dag(DAGS, "reply_deferrable", conf={"replies": replies})
+
+    uuid = conversation(famulor_sandbox)["id"]
+    assert result.xcom("reply") == {  # what the sensor returned before: built on the worker now
+        "conversation_id": uuid,
+        "sender_phone": SENDER,
+        "recipient_phone": PHONE,
+        "text": "*No* 🙏🏽",
+        "choice": "NO",
+        "message_index": 5,
+        "replies": ["Maybe later", "*No* 🙏🏽"],
+    }
+    # The reply sensor and the two that time out: what the triggerer logs and stores of each event.
+    assert [e.payload["status"] for e in trigger_events] == ["success", "timeout", "timeout"]
+    assert trigger_events[0].payload == {
+        "status": "success",
+        "conversation_id": uuid,
+        "sender_phone": SENDER,
+        "baseline": 3,
+        "message_index": 5,
+        "history_length": 6,
+    }
+    for event in trigger_events:
+        logged = repr(event) + json.dumps(serialize(event.payload))
+        assert PHONE.removeprefix("+") not in logged and "****" not in logged
+        assert "Maybe" not in logged and "No" not in logged
 
 
 @pytest.mark.famulor_sandbox(sends_in_history=False)
@@ -188,6 +242,25 @@ def test_transient_faults_are_waited_past(
     assert result.xcom("reply")["text"] == "YES"
 
 
+def test_a_failed_sender_look_up_in_the_triggerer_does_not_blind_the_sensor(
+    run_dag: Any, famulor_sandbox: Any, trigger_runs: list[str]
+) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=PAST)
+    # Deferred with after=, the worker makes no request: the trigger's first sender look-up fails.
+    famulor_sandbox.inject("status", path="/user/whatsapp/senders", status=503)
+    started = time.monotonic()
+
+    result = run_dag(DAGS, "reply_deferrable", conf={"replies": [{"text": "yes"}]})
+
+    assert result.states["reply"] == "success"
+    assert time.monotonic() - started < 25  # not the sensor's 30 s timeout
+    reply = result.xcom("reply")
+    assert (reply["text"], reply["choice"], reply["message_index"]) == ("yes", "YES", 3)
+    senders = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders"]
+    assert [r.status for r in senders][:2] == [503, 200]
+    assert trigger_runs[0] == PHONE
+
+
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_a_bad_key_fails_at_once(run_dag: Any, famulor_sandbox: Any, wrong_key: None, mode: str) -> None:
     started = time.monotonic()
@@ -218,7 +291,12 @@ EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_wh
 
 
 @pytest.mark.parametrize(
-    ("answer", "branch", "skipped"), [(" Yes! ", "confirmed", "declined"), ("no", "declined", "confirmed")]
+    ("answer", "branch", "skipped"),
+    [
+        (" Yes! ", "confirmed", "declined"),
+        ("*Yes* 👍🏽", "confirmed", "declined"),
+        ("no", "declined", "confirmed"),
+    ],
 )
 def test_the_confirmation_example_branches_on_the_answer(
     run_dag: Any,

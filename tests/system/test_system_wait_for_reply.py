@@ -40,6 +40,12 @@ def listings(sandbox: Any) -> int:
     return sum(1 for r in sandbox.requests if r.path == LIST_PATH)
 
 
+def triggerer_logs(deployment: AirflowDeployment) -> list[str]:
+    """The triggerer's own log and every trigger log file Airflow wrote."""
+    files = [deployment.home / "triggerer.log", *(deployment.home / "logs").rglob("*trigger*")]
+    return [f.read_text(errors="replace") for f in files if f.is_file()]
+
+
 def test_the_reply_sensor_defers_and_resumes_when_the_customer_answers(
     deployment: AirflowDeployment, famulor_sandbox: Any
 ) -> None:
@@ -55,4 +61,9 @@ def test_the_reply_sensor_defers_and_resumes_when_the_customer_answers(
     assert states["confirmed"][0] == "skipped"
     reply = deployment.return_value(DAG_ID, SENSOR)
     assert (reply["text"], reply["choice"], reply["replies"]) == ("No.", "NO", ["No."])
+    # Airflow logs the event the trigger fired, payload included: no customer number, no text.
+    fired = [text for text in triggerer_logs(deployment) if "Trigger fired event" in text]
+    assert fired, "the triggerer logged no event"
+    for text in fired:
+        assert PHONE.removeprefix("+") not in text and "No." not in text
     print(f"system test: deferred, resumed on the reply and finished in {time.monotonic() - started:.0f} s")

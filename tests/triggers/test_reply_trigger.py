@@ -10,11 +10,14 @@ import time
 from typing import Any
 
 import pytest
+from airflow.triggers.base import TriggerEvent
 from famulor_fixtures import set_sandbox_conn
 
 from famulor_provider.conversations import polling
 from famulor_provider.conversations.polling import PollingBudget
-from famulor_provider.exceptions import FamulorValidationError
+from famulor_provider.conversations.replies import resume_reply
+from famulor_provider.exceptions import FamulorError, FamulorValidationError
+from famulor_provider.hooks.famulor import FamulorHook
 from famulor_provider.testing import SANDBOX_API_KEY
 from famulor_provider.triggers.whatsapp import WhatsAppReplyTrigger, conversation_poller
 
@@ -47,6 +50,21 @@ async def first_event(trigger: WhatsAppReplyTrigger) -> dict[str, Any]:
     events = [event.payload async for event in trigger.run()]
     assert len(events) == 1
     return events[0]
+
+
+def what_airflow_logs_and_stores(event: TriggerEvent) -> str:
+    """The event as the triggerer logs it ("Trigger fired event", its repr) and as Airflow stores
+    it for the resumed task (serde)."""
+    try:
+        from airflow.sdk.serde import serialize
+    except ImportError:  # Airflow 2.11
+        from airflow.serialization.serde import serialize
+    return repr(event) + json.dumps(serialize(event.payload))
+
+
+def resumed(event: dict[str, Any], phone: str = PHONE, choices: Any = None) -> dict[str, Any]:
+    """What the resumed sensor returns for a success ``event``: one read of the conversation."""
+    return resume_reply(FamulorHook(), event, phone, None if choices is None else tuple(choices))
 
 
 def listings(sandbox: Any) -> list[Any]:
@@ -114,11 +132,73 @@ def test_a_reply_already_there_is_found_in_the_first_poll(famulor_sandbox: Any) 
         first_event(make_trigger(sender_phone=None, sender_id=12, baseline=1, choices=["YES"]))
     )
     assert event["status"] == "success"
-    assert (event["reply"]["choice"], event["reply"]["message_index"], event["reply"]["replies"]) == (
-        "YES",
-        1,
-        ["Yes"],
-    )
+    reply = resumed(event, choices=["YES"])
+    assert (reply["choice"], reply["message_index"], reply["replies"]) == ("YES", 1, ["Yes"])
+
+
+def test_the_events_hold_neither_the_customers_number_nor_their_words(famulor_sandbox: Any) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
+    famulor_sandbox.receive(SENDER, PHONE, "Maybe tomorrow")
+    famulor_sandbox.receive(SENDER, PHONE, "*Yes* 👍")
+
+    async def events(trigger: WhatsAppReplyTrigger) -> list[TriggerEvent]:
+        return [event async for event in trigger.run()]
+
+    (found,) = asyncio.run(events(make_trigger(sender_phone=None, sender_id=12, baseline=1, choices=["YES"])))
+    (timeout,) = asyncio.run(events(make_trigger(baseline=1, choices=["NEVER"], timeout=1)))
+
+    uuid = famulor_sandbox.conversations[0]["id"]
+    assert found.payload == {
+        "status": "success",
+        "conversation_id": uuid,
+        "sender_phone": SENDER,  # the business number
+        "baseline": 1,
+        "message_index": 2,
+        "history_length": 3,
+    }
+    assert timeout.payload == {
+        "status": "timeout",
+        "message": "Sensor has timed out: no reply in ['NEVER'] by the end time",
+        "replies_seen": 2,
+    }
+    for event in (found, timeout):
+        logged = what_airflow_logs_and_stores(event)
+        assert PHONE.removeprefix("+") not in logged and "****" not in logged
+        assert "Maybe" not in logged and "Yes" not in logged
+    # The resumed task builds today's result from one read.
+    assert resumed(found.payload, choices=["YES"]) == {
+        "conversation_id": uuid,
+        "sender_phone": SENDER,
+        "recipient_phone": PHONE,
+        "text": "*Yes* 👍",
+        "choice": "YES",
+        "message_index": 2,
+        "replies": ["Maybe tomorrow", "*Yes* 👍"],
+    }
+
+
+def test_the_result_is_what_the_trigger_saw_even_when_the_customer_wrote_on(famulor_sandbox: Any) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
+    famulor_sandbox.receive(SENDER, PHONE, "no")
+    event = asyncio.run(first_event(make_trigger(baseline=1, choices=["YES", "NO"])))
+    famulor_sandbox.receive(SENDER, PHONE, "sorry, I meant yes")  # after the trigger fired
+
+    reads_before = len(reads(famulor_sandbox))
+    reply = resumed(event, choices=["YES", "NO"])
+
+    assert (reply["choice"], reply["message_index"], reply["replies"]) == ("NO", 1, ["no"])
+    assert len(reads(famulor_sandbox)) == reads_before + 1  # one read
+
+
+def test_a_reply_gone_from_the_history_when_the_task_resumes_is_a_clear_error(famulor_sandbox: Any) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
+    famulor_sandbox.receive(SENDER, PHONE, "yes")
+    event = asyncio.run(first_event(make_trigger(baseline=1, choices=["YES"])))
+    del famulor_sandbox._conversation_index.created[0].history[1:]  # the history was cut in between
+
+    with pytest.raises(FamulorError, match="no longer in conversation") as caught:
+        resumed(event, choices=["YES"])
+    assert PHONE not in str(caught.value)
 
 
 def test_the_baseline_comes_from_the_send_record_once_the_sender_number_is_known(
@@ -131,17 +211,19 @@ def test_the_baseline_comes_from_the_send_record_once_the_sender_number_is_known
         sender_phone=None, sender_id=12, history_lengths_after_send={SENDER: 2}, choices=["NO"]
     )
     event = asyncio.run(first_event(trigger))
-    assert (event["reply"]["message_index"], event["reply"]["text"]) == (2, "no")
+    reply = resumed(event, choices=["NO"])
+    assert (reply["message_index"], reply["text"]) == (2, "no")
 
 
-def test_timeout_event_carries_the_replies_seen(famulor_sandbox: Any) -> None:
+def test_timeout_event_counts_the_replies_seen(famulor_sandbox: Any) -> None:
     famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
     famulor_sandbox.receive(SENDER, PHONE, "Maybe")
     event = asyncio.run(first_event(make_trigger(baseline=1, choices=["YES"], timeout=3)))
-    assert event["status"] == "timeout"
-    assert event["replies"] == ["Maybe"]
-    assert "no a reply in ['YES'] from +49151****78" in event["message"]
-    assert PHONE not in event["message"]
+    assert event == {
+        "status": "timeout",
+        "message": "Sensor has timed out: no reply in ['YES'] by the end time",
+        "replies_seen": 1,
+    }
 
 
 def test_an_unknown_sender_id_is_an_error_event_at_once(famulor_sandbox: Any) -> None:
@@ -167,6 +249,18 @@ def test_transient_faults_keep_polling(
     assert "Famulor is unavailable for now" in caplog.text + capsys.readouterr().out
 
 
+def test_a_failed_sender_look_up_is_retried_at_the_next_poll(famulor_sandbox: Any) -> None:
+    famulor_sandbox.add_conversation(SENDER, PHONE, history=[{"role": "assistant", "content": "Confirm?"}])
+    famulor_sandbox.inject("status", path="/user/whatsapp/senders", status=503)
+    famulor_sandbox.schedule_receive(0.5, SENDER, PHONE, "YES")
+
+    event = asyncio.run(first_event(make_trigger(sender_phone=None, sender_id=12, baseline=1, timeout=8)))
+
+    assert event["status"] == "success"
+    senders = [r for r in famulor_sandbox.requests if r.path == "/api/user/whatsapp/senders"]
+    assert [r.status for r in senders] == [503, 200]  # the 503 was not reused: the next poll asked again
+
+
 # -- shared polling -----------------------------------------------------------------------------------
 
 
@@ -180,12 +274,14 @@ def test_many_triggers_cost_the_listing_pages_plus_one_read_per_changed_conversa
 ) -> None:
     add_account(famulor_sandbox, 1000)  # 10 pages of 100
 
-    async def scenario() -> list[dict[str, Any]]:
+    awaited = range(0, 1000, 20)  # 50 triggers
+
+    async def scenario() -> list[str]:
         waiters = [
             asyncio.ensure_future(
                 first_event(make_trigger(customer(n), baseline=1, poll_interval=0.3, timeout=20))
             )
-            for n in range(0, 1000, 20)  # 50 triggers
+            for n in awaited
         ]
         poller = conversation_poller("famulor_default")
         await wait_for(lambda: poller.rounds >= 2)
@@ -198,10 +294,13 @@ def test_many_triggers_cost_the_listing_pages_plus_one_read_per_changed_conversa
         assert pages_per_round == {poller.rounds: 10.0}
         for waiter in waiters:
             waiter.cancel()
-        return [w.result() for w in waiters if w.done() and not w.cancelled()]
+        return [
+            customer(n)
+            for n, w in zip(awaited, waiters, strict=True)
+            if w.done() and not w.cancelled() and w.result()["status"] == "success"
+        ]
 
-    events = asyncio.run(scenario())
-    assert sorted(e["reply"]["recipient_phone"] for e in events) == [customer(0), customer(20), customer(40)]
+    assert asyncio.run(scenario()) == [customer(0), customer(20), customer(40)]
 
 
 def test_few_awaited_customers_use_filtered_listings(famulor_sandbox: Any) -> None:

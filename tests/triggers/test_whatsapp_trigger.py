@@ -370,6 +370,20 @@ def test_the_shortest_poll_interval_sets_the_pace(famulor_sandbox: Any) -> None:
     asyncio.run(scenario())
 
 
+def test_an_error_is_never_reused_by_a_later_call(famulor_sandbox: Any) -> None:
+    famulor_sandbox.inject("status", path="/user/whatsapp/senders", status=503)
+
+    async def scenario() -> list[int]:
+        with pytest.raises(FamulorError):
+            await shared_senders("famulor_default", max_age=3600)
+        senders = await shared_senders("famulor_default", max_age=3600)  # a new request
+        await shared_senders("famulor_default", max_age=3600)  # a result: reused
+        return [s.id for s in senders]
+
+    assert asyncio.run(scenario()) == [12, 15, 21, 27, 31, 33]
+    assert len(sender_requests(famulor_sandbox)) == 2
+
+
 def test_connections_and_event_loops_do_not_share(
     famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
