@@ -8,7 +8,8 @@
 Each accepted webhook becomes one event of ``famulor.<conn_id>.message_status`` or
 ``famulor.<conn_id>.conversation_ended`` with ``extra`` ``{"payload", "dedupe_key"}``, committed to
 the metadata database before the 2xx: whatever fails before that gets no 2xx, so Famulor retries.
-An asset no DAG references yet is created (active), so no receipt is lost for want of a consumer.
+Receipts arriving together share one transaction (``recorder``). An asset no DAG references yet is
+created (active), so no receipt is lost for want of a consumer.
 
 Answers: 200 accepted (or a test event acknowledged); 400 not a JSON object; 401 wrong or missing
 signature or token; 404 no Famulor connection ``conn_id`` or nothing configured for this webhook;
@@ -38,6 +39,7 @@ from famulor_provider.webhooks.assets import (
     conversation_ended_dedupe_key,
     message_status_dedupe_key,
 )
+from famulor_provider.webhooks.recorder import EventRecorder
 from famulor_provider.webhooks.settings import SettingsCache, WebhookSettings
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ _CONN_ID = re.compile(r"[\w.-]{1,250}")  # what Airflow allows in a conn_id
 _TOKEN_IN_PATH = re.compile(r"(/webhooks/[^/]+/conversation-ended/)[^/]*")
 
 settings_cache = SettingsCache()
+recorder = EventRecorder()
 
 
 class Rejected(Exception):
@@ -182,51 +185,19 @@ def check_conversation_ended(payload: dict[str, Any]) -> None:
 
 
 def emit(name: str, payload: dict[str, Any], dedupe_key: str) -> None:
-    """Record one asset event (creating the asset when no DAG declared it yet) and commit it.
-
-    Airflow's own path for events from outside a task, as ``POST /api/v2/assets/events`` takes it:
-    ``AssetManager.register_asset_change`` in a session; it also queues the DAG runs it triggers.
+    """Record one asset event and return once it is committed (see ``recorder``).
 
     :param name: the asset's name (and URI).
     :param payload: the webhook's JSON.
     :param dedupe_key: the delivery's stable key.
     """
-    from sqlalchemy.exc import IntegrityError
-
-    for attempt in (1, 2):
-        try:
-            _emit_once(name, {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: dedupe_key})
-            return
-        except IntegrityError:
-            # Another request created the asset at the same moment: it exists now.
-            if attempt == 2:
-                raise
-
-
-def _emit_once(name: str, extra: dict[str, Any]) -> None:
-    from airflow.assets.manager import asset_manager
-    from airflow.models.asset import AssetActive, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session(scoped=False) as session:
-        asset = session.scalar(select(AssetModel).where(AssetModel.name == name, AssetModel.uri == name))
-        if asset is None:
-            asset = AssetModel(name=name, uri=name, group="asset", extra={})
-            session.add(asset)
-            session.flush()
-            session.add(AssetActive.for_asset(asset))
-            session.flush()
-            log.info("Created asset %s for Famulor's webhooks (no DAG declared it yet)", name)
-        event = asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
-        if event is None:
-            raise RuntimeError(f"Airflow did not record an event for asset {name}")
+    recorder.record(name, {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: dedupe_key})
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    return (SQLAlchemyError,)
+    return (SQLAlchemyError, TimeoutError)
 
 
 def handle_message_status(conn_id: str, raw: bytes, signature_header: str | None) -> dict[str, Any]:
