@@ -43,7 +43,7 @@ from famulor_provider.webhooks.recorder import EventRecorder
 from famulor_provider.webhooks.settings import SettingsCache, WebhookSettings
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,36 @@ def redact_path(path: str) -> str:
 
 
 class RedactTokenInPath:
-    """After the request, replace the token in ``scope["path"]`` with ``***``.
+    """Replace the token in the request's ``path`` and ``raw_path`` with ``***`` once it is routed.
 
-    Airflow's access log (``http.access``, a middleware on the api-server's root app) reads the path
-    from the same scope once the request is done; so the token never reaches that log line.
+    Access logs read the scope this app shares with the server: uvicorn's (Airflow 3.1) logs
+    ``raw_path`` when the answer starts, Airflow 3.3's ``http.access`` middleware logs ``path`` when
+    the request is done. The token is replaced before the answer starts, so neither sees it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+
+        async def send_redacted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _redact_scope(scope)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_redacted)
         finally:
-            if scope["type"] == "http":
-                scope["path"] = redact_path(scope["path"])
-                if scope.get("raw_path"):
-                    scope["raw_path"] = redact_path(scope["raw_path"].decode("latin-1")).encode("latin-1")
+            _redact_scope(scope)
+
+
+def _redact_scope(scope: Scope) -> None:
+    scope["path"] = redact_path(scope["path"])
+    if scope.get("raw_path"):
+        scope["raw_path"] = redact_path(scope["raw_path"].decode("latin-1")).encode("latin-1")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
