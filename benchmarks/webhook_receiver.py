@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -157,7 +158,11 @@ def main() -> None:
             airflow.wait_until("the api-server to answer", airflow.api_answers, timeout=240)
             pid = airflow.processes["api-server"].pid
             run_rate(airflow.api_port, 20, 1, 0, SECRET, 8)  # warm-up: the asset is created here
-            print(f"api-server ready in {time.monotonic() - started:.0f} s (Airflow {AIRFLOW_VERSION})")
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(
+                f"api-server ready in {time.monotonic() - started:.0f} s (Airflow {AIRFLOW_VERSION}); "
+                f"{os.cpu_count()} CPUs, load average {load} (other jobs on the machine skew the figures)"
+            )
             print(
                 f"{'rate/s':>7} {'kind':<9} {'answers':<24} {'p50 ms':>7} {'p99 ms':>7} "
                 f"{'CPU ms/receipt':>14} {'vs 401':>7}"
