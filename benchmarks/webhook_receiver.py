@@ -14,7 +14,7 @@ The rates stop at the first one whose p99 is over 1 s or that got a 5xx. At the 
 events in the database are counted against the 200s. Bounded: about ``len(rates) * 2 * seconds``
 plus the api-server's start (about 90 s with the defaults).
 
-Usage: ``python benchmarks/webhook_receiver.py [--rates 50,100,150,200,300] [--seconds 6]``
+Usage: ``python benchmarks/webhook_receiver.py [--rates 50,100,150,200,300,400] [--seconds 6]``
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", default="50,100,150,200,300", help="receipts per second, in order")
+    parser.add_argument("--rates", default="50,100,150,200,300,400", help="receipts per second, in order")
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per rate")
     parser.add_argument("--workers", type=int, default=64, help="sending threads (concurrent receipts)")
     args = parser.parse_args()
