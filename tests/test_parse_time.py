@@ -16,6 +16,7 @@ before = set(sys.modules)
 import famulor_provider.operators.whatsapp
 import famulor_provider.sensors.whatsapp
 import famulor_provider.triggers.whatsapp
+import famulor_provider.webhooks.assets
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 

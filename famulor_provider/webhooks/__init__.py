@@ -1,0 +1,1 @@
+"""Famulor's webhooks (delivery receipts, ended conversations) as Airflow asset events."""
