@@ -168,6 +168,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 #   missing) and two workers; the worker running a task is SIGKILLed mid-try and the retry
 #   succeeds on the other one. About 2 minutes. Other lines skip it (2.11 refuses SQLite with the
 #   CeleryExecutor). The celery provider and celery come with the latest line's lock.
+# - Airflow 3.1+: the webhook receiver in a real api-server; the sandbox posts signed receipts
+#   while the api-server is SIGKILLed and restarted (none lost), a locked DB (503, then delivered),
+#   forged, replayed, oversized and malformed requests (no event), the token never in the access log.
 # - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
 #   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
 #   most one extra per kill, same dedupe_key) consumed by a DAG run. About 4 minutes.
