@@ -102,6 +102,12 @@ class ConversationUpdate:
     customer_name: str | None
     variables: dict[str, Any] | None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # how many times the conversation's history was seen cut
+
+    def dedupe_key(self, message_index: int) -> str:
+        """``"{conversation_id}:{message_index}"``, with ``"@{epoch}"`` once the history was cut."""
+        key = f"{self.conversation_id}:{message_index}"
+        return f"{key}@{self.epoch}" if self.epoch else key
 
     def events(self) -> list[dict[str, Any]]:
         """One payload per customer message, with a stable ``dedupe_key``."""
@@ -115,7 +121,7 @@ class ConversationUpdate:
                 "text": message["text"],
                 "message_index": message["message_index"],
                 "variables": self.variables,
-                "dedupe_key": f"{self.conversation_id}:{message['message_index']}",
+                "dedupe_key": self.dedupe_key(message["message_index"]),
             }
             for message in self.messages
         ]
@@ -256,8 +262,9 @@ class InboundPoller:
                 if count > seen:
                     changed.append((conversation, seen))
                 elif count < seen and conversation.id not in self.pending:
-                    # Fewer messages than covered (the history was cut): start over from there.
-                    self.cursor.put(conversation.id, count)
+                    # Fewer messages than covered (the history was cut): start over from there,
+                    # in a new epoch (the messages now at those positions are other messages).
+                    self.cursor.cut(conversation.id, count)
             for conversation, seen in changed:
                 await self._slot()
                 update = await self._read(conversation, seen)
@@ -292,6 +299,7 @@ class InboundPoller:
             customer_phone=history.customer_phone or conversation.customer_phone,
             customer_name=history.customer_name or conversation.customer_name,
             variables=history.variables if history.variables is not None else conversation.variables,
+            epoch=self.cursor.epoch(conversation.id) if self.cursor is not None else 0,
             messages=[
                 {"message_index": message.index, "text": message.content}
                 for message in history.messages[seen:end]

@@ -607,8 +607,9 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
     only for a conversation whose ``message_count`` grew past the cursor; yields one
     ``TriggerEvent`` per new ``role: "user"`` message with ``conversation_id``, ``sender_phone``,
     ``sender_name``, ``customer_phone``, ``customer_name``, ``text``, ``message_index``,
-    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``). Messages that
-    existed when the watcher first started are history, not events.
+    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``, plus ``"@{n}"`` once
+    the conversation's history was seen cut ``n`` times). Messages that existed when the watcher
+    first started are history, not events.
 
     Airflow 3.3+ (the guarantee: no message lost; a duplicate only after a triggerer crash):
     the trigger opts into a shared stream in ack mode. Watchers of the same scope (connection,

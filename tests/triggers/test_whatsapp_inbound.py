@@ -413,3 +413,45 @@ def test_a_trigger_watching_several_assets_writes_the_cursor_to_each():
     assert stores == [AssetStateStoreAccessor(name="a"), AssetStateStoreAccessor(name="b")]
     single = FakeAssetStateStore()
     assert trigger_module._asset_stores(single) == [single]
+
+
+def cut_history(sandbox: Any, conversation_id: str, keep: int) -> None:
+    """The account deleted messages: the history is ``keep`` messages long now."""
+    with sandbox._lock:
+        conversation = sandbox._conversation_index.by_id[conversation_id]
+        del conversation.history[keep:]
+        sandbox._conversation_index.touch(conversation, time.time())
+
+
+def test_a_cut_history_and_a_restart_lose_nothing_and_never_reuse_a_dedupe_key(famulor_sandbox: Any):
+    customer = "+4915100000061"
+    cid = famulor_sandbox.receive(SENDER, customer, "old 0")["conversation_id"]
+    for n in range(1, 6):
+        famulor_sandbox.receive(SENDER, customer, f"old {n}")
+    store = FakeAssetStateStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = Triggerer()
+        first.start(trigger(), store)
+        await started(first, store)
+        famulor_sandbox.receive(SENDER, customer, "before the cut")  # message 6
+        await first.until(lambda: len(first.events) >= 1)
+        cut_history(famulor_sandbox, cid, 2)
+        await first.settle(polls=10)  # the cut is seen and the cursor written
+        await first.stop()
+        for n in range(5):
+            famulor_sandbox.receive(SENDER, customer, f"after the cut {n}")  # messages 2 - 6
+        second = Triggerer()
+        second.start(trigger(), store)
+        await second.until(lambda: len(second.events) >= 5)
+        await second.settle()
+        await second.stop()
+        return first.events, second.events
+
+    before, after = asyncio.run(scenario())
+    assert texts(before) == ["before the cut"]
+    assert texts(after) == [f"after the cut {n}" for n in range(5)]
+    assert [e["message_index"] for e in after] == [2, 3, 4, 5, 6]
+    keys = [e["dedupe_key"] for e in before + after]
+    assert len(set(keys)) == 6, keys  # "after the cut 4" is message 6 too, under another key
+    assert before[0]["dedupe_key"] == f"{cid}:6" and after[-1]["dedupe_key"] == f"{cid}:6@1"
