@@ -115,7 +115,9 @@ def test_the_buckets_grow_with_the_account_and_stay_under_the_limit():
     asyncio.run(saver.save(cursor))  # a compaction at 21,000 conversations: 16 buckets
     meta = json.loads(store.values["s.meta"])
     assert meta["buckets"] == 16 and meta["layout"] == [2] * 16
-    assert sorted(key for key in store.values if key.startswith("s.b")) == [f"s.b{i:02x}.g2" for i in range(16)]
+    assert sorted(key for key in store.values if key.startswith("s.b")) == [
+        f"s.b{i:02x}.g2" for i in range(16)
+    ]
     loaded = _load(store)
     assert loaded is not None and len(loaded) == 21_000 and loaded.get(more[-1]) == 1
     assert store.oversized == []
