@@ -42,10 +42,12 @@ sensor), and the interval stretches when a poll costs more than the budget allow
   stream (``run()`` only); 2.11 has no ``BaseEventTrigger``.
 
 **The guarantee on 3.3.** :class:`InboundProducer` is the ack-mode producer: a raw event is one
-conversation's new messages (:class:`ConversationUpdate`), its payload ``(conversation_id, start,
-end)``; after each poll it yields a tick (``None``), so that the poll's last update resolves
-without waiting for the next customer message. ``advance`` moves the cursor over clean updates
-only (and only contiguously: the cursor must be at ``start``), then writes the cursor's journal
+conversation's new messages (:class:`ConversationUpdate`), also its payload; after each poll it
+yields a tick (``None``), so that the poll's last update resolves without waiting for the next
+customer message. ``advance`` moves the cursor over clean updates only (and only contiguously:
+the cursor must be at ``start``), and only over those that every acknowledging subscriber took
+whole (:meth:`ConversationUpdate.handed_over`: Airflow 3.3.2's ``unsubscribe`` counts a watcher
+cancelled between two events of an update as having acknowledged it), then writes the journal
 to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`: each store
 access from the triggerer is a round trip through its supervisor); an update that is not clean
 is forgotten, so the next poll reads the conversation again from the cursor. The producer cannot
@@ -103,6 +105,18 @@ class ConversationUpdate:
     variables: dict[str, Any] | None
     messages: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0  # how many times the conversation's history was seen cut
+    # One entry per subscriber that took every event of the update (see handed_over()).
+    handovers: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def handed_over(self) -> None:
+        """A subscriber's filter came back after yielding the update's last event: Airflow has it.
+
+        Airflow 3.3's runner binds an event to the raw event (and queues it) only after awaiting
+        its log line, before it asks the filter for the next: a filter resumed after its last
+        yield therefore knows that every event it yielded was bound. A filter cancelled in that
+        await never comes back, and the update stays unconfirmed for it (see ``advance``).
+        """
+        self.handovers.append(True)
 
     def dedupe_key(self, message_index: int) -> str:
         """``"{conversation_id}:{message_index}"``, with ``"@{epoch}"`` once the history was cut."""
@@ -431,7 +445,7 @@ class InboundProducer(_ProducerBase):
 
     async def open_stream(
         self,
-    ) -> AsyncIterator[tuple[ConversationUpdate, tuple[str, int, int]] | tuple[None, None]]:
+    ) -> AsyncIterator[tuple[ConversationUpdate, ConversationUpdate] | tuple[None, None]]:
         """Poll every ``poll_interval`` seconds; yield each update with its advance payload, then a tick."""
         poller = self.poller or await self.start()
         loop = asyncio.get_running_loop()
@@ -442,7 +456,7 @@ class InboundProducer(_ProducerBase):
             try:
                 async for update in poller.poll():
                     updates += 1
-                    yield update, (update.conversation_id, update.start, update.end)
+                    yield update, update
             except FamulorError as err:
                 wait = await self._wait_after(err)
             # A tick: a subscriber resolves a raw event only when it pulls the next one, so the
@@ -478,19 +492,18 @@ class InboundProducer(_ProducerBase):
             self.famulor_conn_id, requests, self.poll_interval, config.poll_requests_per_minute
         )
 
-    def settle(self, payload: tuple[str, int, int], stored: bool) -> None:
+    def settle(self, update: ConversationUpdate, stored: bool) -> None:
         """
         Move the cursor over an update whose events were stored, or forget it so it is read again.
 
-        :param payload: the advance payload ``(conversation_id, start, end)``.
+        :param update: the update (its advance payload).
         :param stored: whether every event of the update was stored.
         """
         assert self.poller is not None
-        conversation_id, start, end = payload
         if stored:
-            self.poller.acknowledge(conversation_id, start, end)
+            self.poller.acknowledge(update.conversation_id, update.start, update.end)
         else:
-            self.poller.release(conversation_id)
+            self.poller.release(update.conversation_id)
 
     async def save(self) -> None:
         """Write what changed in the cursor (its journal, or a compaction) to every current store."""
@@ -501,13 +514,28 @@ class InboundProducer(_ProducerBase):
 
     async def advance(self, batch: Sequence[Any]) -> None:
         """
-        Airflow stored the events of these updates (``outcome.is_clean``), or did not: settle, save.
+        Airflow stored the events of these updates, or did not: settle, save.
+
+        An update counts as stored when it is clean (``outcome.is_clean``) *and* every subscriber
+        Airflow counts as having acknowledged it took all its events (:meth:`ConversationUpdate.handed_over`):
+        Airflow 3.3.2's ``unsubscribe`` also counts a subscriber cancelled while it still held
+        the update, before its remaining events were bound.
 
         :param batch: Airflow's ``AdvanceItem`` list, in fan-out order.
         """
         for item in batch:
-            if item.broker_payload is not None:  # None: the tick after a poll
-                self.settle(tuple(item.broker_payload), item.outcome.is_clean)
+            update = item.broker_payload
+            if update is None:  # the tick after a poll
+                continue
+            outcome = item.outcome
+            stored = outcome.is_clean and len(update.handovers) >= outcome.acked
+            if outcome.is_clean and not stored:
+                log.info(
+                    "An inbound watcher stopped before Airflow took every event of conversation %s: "
+                    "it is read again from the cursor",
+                    update.conversation_id,
+                )
+            self.settle(update, stored)
         try:
             await self.save()
         except Exception:

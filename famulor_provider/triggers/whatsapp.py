@@ -703,23 +703,28 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         return trigger._producer(lambda: _registered_stores(key))
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
-        """One event per customer message of each update (none for an update without one)."""
+        """One event per customer message of each update (none for an update without one).
+
+        Resumed after the update's last event, the filter marks the update handed over: the
+        runner bound every event before asking for more (a cancelled runner never asks).
+        """
         async for update in shared_stream:
             if update is None:  # the producer's tick after each poll
                 continue
             for payload in update.events():
                 yield TriggerEvent(payload)
+            update.handed_over()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Airflow 3.0 - 3.2: poll by itself; the cursor moves once the triggerer took the events."""
         store = getattr(self, "asset_state_store", None)
         producer = self._producer(lambda: [] if store is None else _asset_stores(store))
-        async for update, payload in producer.open_stream():
-            if update is None or payload is None:  # the tick after each poll
+        async for update, _ in producer.open_stream():
+            if update is None:  # the tick after each poll
                 continue
             for event in update.events():
                 yield TriggerEvent(event)
-            producer.settle(payload, stored=True)
+            producer.settle(update, stored=True)
             await producer.save()
 
     async def cleanup(self) -> None:
