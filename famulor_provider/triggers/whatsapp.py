@@ -575,7 +575,9 @@ DEFAULT_INBOUND_POLL_INTERVAL = 60.0
 # The asset state stores of the inbound triggers running in this process, by shared stream key
 # then trigger object: Airflow injects the store into the trigger instance, while the ack-mode
 # producer is built from serialized kwargs and cannot reach the instance (see the class doc).
-_inbound_stores: dict[Hashable, dict[int, Any]] = {}
+# Each entry holds the asyncio task that runs the trigger (Airflow's run_trigger): once it is
+# done, the store is no longer used, whether or not cleanup() ran.
+_inbound_stores: dict[Hashable, dict[int, tuple[Any, asyncio.Task[Any] | None]]] = {}
 
 
 def _asset_stores(accessors: Any) -> list[Any]:
@@ -593,10 +595,22 @@ def _asset_stores(accessors: Any) -> list[Any]:
 
 
 def _registered_stores(key: Hashable) -> list[Any]:
+    """The stores of the scope's triggers that are running now (stopped ones are dropped)."""
+    registered = _inbound_stores.get(key, {})
     stores: dict[Any, None] = {}  # insertion-ordered set; accessors of one asset compare equal
-    for accessors in list(_inbound_stores.get(key, {}).values()):
+    for trigger_id, (accessors, task) in list(registered.items()):
+        if task is not None and task.done():
+            registered.pop(trigger_id, None)
+            continue
         stores.update(dict.fromkeys(_asset_stores(accessors)))
     return list(stores)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 class WhatsAppInboundMessageTrigger(BaseEventTrigger):
@@ -676,11 +690,14 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         return f"famulor_inbound.{digest}"
 
     def shared_stream_key(self) -> Hashable:
-        """The scope; registers this instance's injected state store for the scope's producer."""
+        """The scope; registers this instance's injected state store for the scope's producer.
+
+        Airflow calls this in the task that runs the trigger: the store is used while that task runs.
+        """
         key = self.scope()
         store = getattr(self, "asset_state_store", None)
         if store is not None:
-            _inbound_stores.setdefault(key, {})[id(self)] = store
+            _inbound_stores.setdefault(key, {})[id(self)] = (store, _current_task())
         return key
 
     def _producer(self, stores: Callable[[], list[Any]]) -> InboundProducer:

@@ -455,3 +455,29 @@ def test_a_cut_history_and_a_restart_lose_nothing_and_never_reuse_a_dedupe_key(f
     keys = [e["dedupe_key"] for e in before + after]
     assert len(set(keys)) == 6, keys  # "after the cut 4" is message 6 too, under another key
     assert before[0]["dedupe_key"] == f"{cid}:6" and after[-1]["dedupe_key"] == f"{cid}:6@1"
+
+
+def test_a_stopped_watchers_store_is_never_used_by_a_later_watcher(famulor_sandbox: Any):
+    """Watcher A (asset 1) stops without reaching cleanup() (a second cancellation while Airflow's
+    run_trigger awaits unsubscribe in its finally, e.g. at shutdown); watcher B (asset 2, same
+    connection and sender) starts later in the same process on its own empty store."""
+    store_a, store_b = FakeAssetStateStore(), FakeAssetStateStore()
+
+    async def scenario() -> list[dict[str, Any]]:
+        first = Triggerer()
+        first.start(trigger(), store_a, trigger_id=1)
+        await started(first, store_a)
+        await first.stop()  # the harness never calls cleanup()
+        for n in range(5):
+            famulor_sandbox.receive(SENDER, f"+49151000008{n:02d}", f"written before B started {n}")
+        second = Triggerer()
+        second.start(trigger(), store_b, trigger_id=2)
+        await started(second, store_b)
+        famulor_sandbox.receive(SENDER, "+4915100000090", "after B started")
+        await second.until(lambda: len(second.events) >= 1)
+        await second.settle()
+        await second.stop()
+        assert any(key.endswith(".meta") for key in store_b.values)
+        return second.events
+
+    assert texts(asyncio.run(scenario())) == ["after B started"]
