@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from famulor_provider.conversations.inbound_cursor import CursorStore, InboundCursor
@@ -77,12 +78,13 @@ if TYPE_CHECKING:
 
     from famulor_provider.conversations.inbound_cursor import StateStore
     from famulor_provider.hooks.famulor import FamulorHook
-    from famulor_provider.models import WhatsAppConversation
+    from famulor_provider.models import ConversationHistory, WhatsAppConversation
 
 log = logging.getLogger(__name__)
 
 PER_PAGE = 100  # the API's maximum
 DEFAULT_FULL_PASS_EVERY = 10
+SAME_SECOND_MARGIN = 2.0  # seconds: clock skew allowed between the API's updated_at and ours
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,33 @@ class InboundPoller:
         self.high_water: str | None = None  # the most recent updated_at seen so far
         self.polls = 0
         self.stats = PollStats()
+        # For conversations listed without message_count: the updated_at their last read saw, and
+        # when that read was (UTC, less SAME_SECOND_MARGIN), as the API writes times.
+        self.activity: dict[str, tuple[str | None, str]] = {}
+        self._warned_no_count = False
+
+    def _no_count(self) -> None:
+        if not self._warned_no_count:
+            self._warned_no_count = True
+            log.warning(
+                "The conversation listing left out message_count: the inbound watcher reads each "
+                "conversation whose updated_at changed (one request each, more of the polling budget)"
+            )
+
+    def _activity_changed(self, conversation: WhatsAppConversation) -> bool:
+        """For a conversation listed without ``message_count``: whether to read it in this poll.
+
+        When ``updated_at`` moved, or when it is not clearly older than the last read (a message
+        written later in the same second leaves ``updated_at`` as it was).
+        """
+        if conversation.id not in self.activity:
+            return True
+        updated_at, read_at = self.activity[conversation.id]
+        return conversation.updated_at != updated_at or (updated_at is not None and updated_at >= read_at)
+
+    def _read_now(self, conversation: WhatsAppConversation) -> None:
+        read_at = datetime.now(timezone.utc) - timedelta(seconds=SAME_SECOND_MARGIN)
+        self.activity[conversation.id] = (conversation.updated_at, read_at.strftime("%Y-%m-%d %H:%M:%S"))
 
     def _filters(self) -> dict[str, Any]:
         return {
@@ -238,7 +267,16 @@ class InboundPoller:
             for conversation in page:
                 stats.conversations += 1
                 order.see(conversation.updated_at)
-                cursor.put(conversation.id, int(conversation.message_count or 0))
+                count = conversation.message_count
+                if count is None:  # the history's length is what is history: read it
+                    self._no_count()
+                    await self._slot()
+                    history = await self._history(conversation)
+                    if history is None:
+                        continue
+                    count = len(history.messages)
+                    self._read_now(conversation)
+                cursor.put(conversation.id, int(count))
         self.cursor = cursor
         self.stats = stats
         self.ordered_by_activity, self.high_water = order.ordered, order.newest
@@ -270,8 +308,14 @@ class InboundPoller:
             for conversation in page:
                 stats.conversations += 1
                 order.see(conversation.updated_at)
-                count = int(conversation.message_count or 0)
                 seen = self.seen(conversation.id)
+                if conversation.message_count is None:
+                    self._no_count()
+                    last_unchanged = not self._activity_changed(conversation)
+                    if not last_unchanged:
+                        changed.append((conversation, seen))
+                    continue
+                count = int(conversation.message_count)
                 last_unchanged = count <= seen
                 if count > seen:
                     changed.append((conversation, seen))
@@ -293,15 +337,26 @@ class InboundPoller:
             self.ordered_by_activity = order.ordered
         self.high_water = order.newest
 
-    async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
+    async def _history(self, conversation: WhatsAppConversation) -> ConversationHistory | None:
         from famulor_provider.exceptions import FamulorConversationNotFoundError
 
         try:
-            history = await self.hook.aget_conversation(conversation.id)
+            return await self.hook.aget_conversation(conversation.id)
         except FamulorConversationNotFoundError:
             log.info("Conversation %s was deleted after the listing; skipped", conversation.id)
             return None
+
+    async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
+        history = await self._history(conversation)
+        if history is None:
+            return None
         end = len(history.messages)
+        if conversation.message_count is None:
+            self._read_now(conversation)
+            if end < seen and conversation.id not in self.pending:
+                assert self.cursor is not None
+                self.cursor.cut(conversation.id, end)
+                seen = end
         if end <= seen:
             return None
         return ConversationUpdate(
@@ -351,6 +406,7 @@ class InboundPoller:
         :param conversation_id: the update's conversation.
         """
         self.pending.pop(conversation_id, None)
+        self.activity.pop(conversation_id, None)  # listed without message_count: read it again
 
 
 # ---------------------------------------------------------------------------------------------

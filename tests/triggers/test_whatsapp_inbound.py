@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -481,3 +482,49 @@ def test_a_stopped_watchers_store_is_never_used_by_a_later_watcher(famulor_sandb
         return second.events
 
     assert texts(asyncio.run(scenario())) == ["after B started"]
+
+
+def test_a_listing_without_message_count_reads_the_conversations_whose_updated_at_changed(
+    famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from famulor_provider.testing.conversation_index import Conversation
+
+    listing_item = Conversation.listing_item
+
+    def without_count(self: Conversation) -> dict[str, Any]:
+        item = listing_item(self)
+        del item["message_count"]  # optional in the answer's model
+        return item
+
+    monkeypatch.setattr(Conversation, "listing_item", without_count)
+    for phone, text in (("+4915100000101", "history, not an event"), ("+4915100000102", "quiet")):
+        cid = famulor_sandbox.add_conversation(SENDER, phone, history=[{"role": "user", "content": text}])
+        famulor_sandbox._conversation_index.by_id[cid].updated_at = time.time() - 3600  # last active before
+    store = FakeAssetStateStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[str]]:
+        triggerer = Triggerer()
+        triggerer.start(trigger(poll_interval=0.2), store)
+        await started(triggerer, store)
+        await triggerer.settle(polls=3, interval=0.2)
+        before = len(famulor_sandbox.requests)
+        famulor_sandbox.receive(SENDER, "+4915100000101", "new 1")
+        await triggerer.until(lambda: len(triggerer.events) >= 1)
+        await asyncio.sleep(1.1)  # updated_at has whole seconds
+        famulor_sandbox.receive(SENDER, "+4915100000101", "new 2")
+        famulor_sandbox.receive(SENDER, "+4915100000103", "a new customer")
+        await triggerer.until(lambda: len(triggerer.events) >= 3)
+        await triggerer.settle(polls=3, interval=0.2)
+        await triggerer.stop()
+        reads = [
+            r.path for r in famulor_sandbox.requests[before:] if r.path.startswith("/api/conversations/")
+        ]
+        return triggerer.events, reads
+
+    with caplog.at_level(logging.WARNING, logger="famulor_provider"):
+        events, reads = asyncio.run(scenario())
+    assert sorted(texts(events)) == ["a new customer", "new 1", "new 2"]
+    quiet = next(c["id"] for c in famulor_sandbox.conversations if c["customer"]["phone"] == "+4915100000102")
+    assert f"/api/conversations/{quiet}" not in reads  # unchanged: never read after the baseline
+    warnings = [r for r in caplog.records if "message_count" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
