@@ -372,7 +372,7 @@ class InboundPoller:
             messages=[
                 {"message_index": message.index, "text": message.content}
                 for message in history.messages[seen:end]
-                if message.role == "user"
+                if message.is_customer
             ],
         )
 

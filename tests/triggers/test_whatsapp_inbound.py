@@ -528,3 +528,26 @@ def test_a_listing_without_message_count_reads_the_conversations_whose_updated_a
     assert f"/api/conversations/{quiet}" not in reads  # unchanged: never read after the baseline
     warnings = [r for r in caplog.records if "message_count" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_the_customers_role_is_compared_without_regard_to_case(famulor_sandbox: Any):
+    cid = famulor_sandbox.add_conversation(
+        SENDER, "+4915100000111", history=[{"role": "user", "content": "old"}]
+    )
+
+    async def scenario() -> list[str]:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        poller = InboundPoller(FamulorHook(), sender_phone=SENDER)
+        await poller.take_baseline()
+        with famulor_sandbox._lock:
+            conversation = famulor_sandbox._conversation_index.by_id[cid]
+            conversation.history += [
+                {"role": "User", "content": "capital U"},
+                {"role": "ASSISTANT", "content": "not the customer"},
+                {"role": "USER", "content": "all caps"},
+            ]
+            famulor_sandbox._conversation_index.touch(conversation, time.time())
+        return [event["text"] async for update in poller.poll() for event in update.events()]
+
+    assert asyncio.run(scenario()) == ["capital U", "all caps"]
