@@ -8,10 +8,13 @@ A poll therefore costs the listing's pages plus one read per changed conversatio
 listing's order. Early stop: when every page of the last full pass was ordered by
 ``updated_at`` (most recent first), a poll stops after the first page whose last (least
 recently active) conversation did not change and is strictly older than the newest activity the
-previous poll saw; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
-seemed ordered delays a message by at most that many polls, never loses it. Each request takes
-a slot of the connection's polling budget (:mod:`.polling`, shared with the reply
-sensor), and the interval stretches when a poll costs more than the budget allows.
+previous poll saw, then walks a few more pages of the *sweep*: the rest of the listing, spread
+over about ``full_pass_every`` polls (resumed from the listing cursor where the last poll left
+it), so a listing that only seemed ordered delays a message by at most one round, never loses
+it, and no poll spends a whole walk at once. The sweep takes what the front and the reads left
+of the poll's budget, at least one page. Each request takes a slot of the connection's polling
+budget (:mod:`.polling`, shared with the reply sensor), and the interval stretches when a poll
+costs more than the budget allows.
 
 **Airflow 3.3.2's machinery** (``airflow/triggers/base.py``, ``triggers/shared_stream.py``,
 ``jobs/triggerer_job_runner.py``), as this module relies on it:
@@ -152,6 +155,7 @@ class PollStats:
     conversations: int = 0
     full_pass: bool = False
     stopped_early: bool = False
+    swept: int = 0  # pages of the sweep (see InboundPoller.poll)
 
 
 class _OrderCheck:
@@ -190,7 +194,9 @@ class InboundPoller:
     :param cursor: the acknowledged counts (from the store), or ``None`` for a first start.
     :param sender_phone: only conversations of this business number (``whatsapp_sender_phone``).
     :param customer_phone: only conversations with this customer.
-    :param full_pass_every: every n-th poll walks every page, even when early stop is allowed.
+    :param full_pass_every: the polls over which a sweep of the whole listing is spread (with
+        ``spread_full_pass=False``: every n-th poll walks every page at once, the old schedule).
+    :param spread_full_pass: spread the full pass over polls (the default).
     """
 
     def __init__(
@@ -201,9 +207,14 @@ class InboundPoller:
         sender_phone: str | None = None,
         customer_phone: str | None = None,
         full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+        spread_full_pass: bool = True,
     ) -> None:
         self.hook = hook
         self.cursor = cursor
+        self.spread_full_pass = spread_full_pass
+        self.listing_pages = 1  # pages of the last complete walk (sizes the sweep)
+        self.sweep_cursor: str | None = None  # where the sweep goes on (None: after the front)
+        self._round_pages = 0
         self.sender_phone = sender_phone
         self.customer_phone = customer_phone
         self.full_pass_every = max(1, int(full_pass_every))
@@ -279,6 +290,7 @@ class InboundPoller:
                 cursor.put(conversation.id, int(count))
         self.cursor = cursor
         self.stats = stats
+        self.listing_pages = stats.pages
         self.ordered_by_activity, self.high_water = order.ordered, order.newest
         return cursor
 
@@ -293,49 +305,136 @@ class InboundPoller:
         assert self.cursor is not None
         return self.cursor.get(conversation_id) or 0
 
-    async def poll(self) -> AsyncIterator[ConversationUpdate]:
-        """Walk the listing and yield an update per conversation whose count grew, as found."""
+    async def _pages(
+        self, cursor: str | None
+    ) -> AsyncIterator[tuple[list[WhatsAppConversation], str | None]]:
+        """The listing's pages from ``cursor`` on, each with its ``next_cursor``; a slot before each."""
+        from famulor_provider.exceptions import FamulorResponseError
+
+        seen: set[str] = set()
+        while True:
+            await self._slot()
+            filters = {key: value for key, value in self._filters().items() if key != "before_page"}
+            page, cursor = await self.hook.aget_conversation_page(cursor, **filters)
+            yield page, cursor
+            if cursor is None:
+                return
+            if cursor in seen:  # a loop would poll forever
+                raise FamulorResponseError(
+                    "GET /user/conversations returned a next_cursor it returned before"
+                )
+            seen.add(cursor)
+
+    def _changes(
+        self, page: list[WhatsAppConversation], order: _OrderCheck, stats: PollStats
+    ) -> tuple[list[tuple[WhatsAppConversation, int]], bool]:
+        """A page's changed conversations (with where they stand), and whether its last is unchanged."""
+        assert self.cursor is not None
+        changed: list[tuple[WhatsAppConversation, int]] = []
+        last_unchanged = False
+        for conversation in page:
+            stats.conversations += 1
+            order.see(conversation.updated_at)
+            seen = self.seen(conversation.id)
+            if conversation.message_count is None:
+                self._no_count()
+                last_unchanged = not self._activity_changed(conversation)
+                if not last_unchanged:
+                    changed.append((conversation, seen))
+                continue
+            count = int(conversation.message_count)
+            last_unchanged = count <= seen
+            if count > seen:
+                changed.append((conversation, seen))
+            elif count < seen and conversation.id not in self.pending:
+                # Fewer messages than covered (the history was cut): start over from there,
+                # in a new epoch (the messages now at those positions are other messages).
+                self.cursor.cut(conversation.id, count)
+        return changed, last_unchanged
+
+    async def _read_changed(
+        self, changed: list[tuple[WhatsAppConversation, int]], stats: PollStats
+    ) -> AsyncIterator[ConversationUpdate]:
+        for conversation, seen in changed:
+            await self._slot()
+            update = await self._read(conversation, seen)
+            stats.reads += 1
+            if update is not None:
+                self.pending[conversation.id] = update.end
+                yield update
+
+    def sweep_size(self, budget: int | None, used: int) -> int:
+        """
+        How many pages of the sweep this poll walks.
+
+        The share that completes a round in ``full_pass_every`` polls, less what the poll already
+        spent of ``budget`` (the requests its interval allows), but at least one page.
+
+        :param budget: the requests one poll may make within its interval, or ``None``.
+        :param used: the requests the poll made so far.
+        """
+        share = max(1, -(-self.listing_pages // self.full_pass_every))
+        return share if budget is None else max(1, min(share, budget - used))
+
+    async def poll(self, budget: int | None = None) -> AsyncIterator[ConversationUpdate]:
+        """
+        Walk the listing and yield an update per conversation whose count grew, as found.
+
+        Unless the listing is proven ordered by activity, the poll walks every page. Otherwise
+        it walks the front (early stop), then the next few pages of the *sweep*: a walk over
+        the rest of the listing spread over the polls (about ``full_pass_every`` of them), so
+        that a listing that only seemed ordered delays a message by at most one round, and no
+        poll spends a whole walk's requests at once (which would delay the new messages behind
+        it). The sweep resumes from the listing cursor where the previous poll left it.
+
+        :param budget: the requests one poll may make within its interval: the sweep takes
+            what the front and the reads left of it (at least one page).
+        """
         if self.cursor is None:
             raise RuntimeError("take_baseline() or a stored cursor must come before poll()")
         self.polls += 1
-        full = not self.ordered_by_activity or self.polls % self.full_pass_every == 0
+        full = not self.ordered_by_activity or (
+            not self.spread_full_pass and self.polls % self.full_pass_every == 0
+        )
         stats = self.stats = PollStats(full_pass=full)
         order = _OrderCheck(self.high_water)
-        async for page in self.hook.aiter_conversation_pages(**self._filters()):
+        front_end: str | None = None
+        async for page, next_cursor in self._pages(None):
             stats.pages += 1
-            changed: list[tuple[WhatsAppConversation, int]] = []
-            last_unchanged = False
-            for conversation in page:
-                stats.conversations += 1
-                order.see(conversation.updated_at)
-                seen = self.seen(conversation.id)
-                if conversation.message_count is None:
-                    self._no_count()
-                    last_unchanged = not self._activity_changed(conversation)
-                    if not last_unchanged:
-                        changed.append((conversation, seen))
-                    continue
-                count = int(conversation.message_count)
-                last_unchanged = count <= seen
-                if count > seen:
-                    changed.append((conversation, seen))
-                elif count < seen and conversation.id not in self.pending:
-                    # Fewer messages than covered (the history was cut): start over from there,
-                    # in a new epoch (the messages now at those positions are other messages).
-                    self.cursor.cut(conversation.id, count)
-            for conversation, seen in changed:
-                await self._slot()
-                update = await self._read(conversation, seen)
-                stats.reads += 1
-                if update is not None:
-                    self.pending[conversation.id] = update.end
-                    yield update
+            changed, last_unchanged = self._changes(page, order, stats)
+            async for update in self._read_changed(changed, stats):
+                yield update
             if not full and last_unchanged and order.behind(self.high_water):
                 stats.stopped_early = True
+                front_end = next_cursor
                 break
         if full:
             self.ordered_by_activity = order.ordered
         self.high_water = order.newest
+        if front_end is None:  # every page was walked: a round is complete
+            self.listing_pages = stats.pages
+            self.sweep_cursor = None
+            return
+        if not self.spread_full_pass:
+            return
+        sweep = _OrderCheck(None)
+        pages = self.sweep_size(budget, stats.pages + stats.reads)
+        async for page, next_cursor in self._pages(self.sweep_cursor or front_end):
+            stats.pages += 1
+            stats.swept += 1
+            self._round_pages += 1
+            changed, _ = self._changes(page, sweep, stats)
+            async for update in self._read_changed(changed, stats):
+                yield update
+            self.sweep_cursor = next_cursor
+            if next_cursor is None:  # the round is complete; the next starts after the front
+                self.listing_pages = self._round_pages + 1
+                self._round_pages = 0
+                break
+            if stats.swept >= pages:
+                break
+        if not sweep.ordered:  # the listing is not ordered by activity after all: walk it all
+            self.ordered_by_activity = False
 
     async def _history(self, conversation: WhatsAppConversation) -> ConversationHistory | None:
         from famulor_provider.exceptions import FamulorConversationNotFoundError
@@ -443,8 +542,10 @@ class InboundProducer(_ProducerBase):
         stores: Callable[[], list[StateStore]],
         key_prefix: str,
         full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+        spread_full_pass: bool = True,
     ) -> None:
         self.famulor_conn_id = famulor_conn_id
+        self.spread_full_pass = spread_full_pass
         self.sender_phone = sender_phone
         self.customer_phone = customer_phone
         self.poll_interval = poll_interval
@@ -461,6 +562,7 @@ class InboundProducer(_ProducerBase):
             sender_phone=self.sender_phone,
             customer_phone=self.customer_phone,
             full_pass_every=self.full_pass_every,
+            spread_full_pass=self.spread_full_pass,
         )
 
     async def _wait_after(self, err: FamulorError) -> float:
@@ -510,7 +612,7 @@ class InboundProducer(_ProducerBase):
             wait = self.poll_interval
             updates = 0
             try:
-                async for update in poller.poll():
+                async for update in poller.poll(budget=await self._poll_budget()):
                     updates += 1
                     yield update, update
             except FamulorError as err:
@@ -527,7 +629,9 @@ class InboundProducer(_ProducerBase):
                 stats.reads,
                 updates,
                 elapsed,
-                " (stopped early: listing ordered by activity)" if stats.stopped_early else "",
+                f" (stopped early: listing ordered by activity; {stats.swept} page(s) of the sweep)"
+                if stats.stopped_early
+                else "",
             )
             wait = max(wait, await self._budgeted_interval(stats.pages + stats.reads))
             if elapsed > wait:
@@ -537,6 +641,12 @@ class InboundProducer(_ProducerBase):
                     wait,
                 )
             await asyncio.sleep(max(0.0, wait - elapsed))
+
+    async def _poll_budget(self) -> int:
+        """The requests one poll may make within its interval at the connection's budget."""
+        assert self.poller is not None
+        config = await self.poller.hook.aget_config()
+        return int(config.poll_requests_per_minute * self.poll_interval / 60.0)
 
     async def _budgeted_interval(self, requests: int) -> float:
         """The poll interval, stretched when one poll's requests exceed the connection's budget."""

@@ -372,9 +372,9 @@ def test_a_429_is_waited_out_as_retry_after_says(famulor_sandbox: Any, monkeypat
 @pytest.mark.parametrize(
     ("order", "costs"),
     [
-        # The first poll is a full pass (the order is proven by the baseline, but every third
-        # poll is full); the others stop after one page.
-        ordered("updated_desc", [(1, False, True), (1, False, True), (4, True, False), (1, False, True)]),
+        # Ordered by activity (proven by the baseline): each poll stops after the first page,
+        # then walks its share of the sweep (4 pages over 3 polls: 2 pages, then the last one).
+        ordered("updated_desc", [(3, False, True), (2, False, True), (3, False, True), (2, False, True)]),
         # Not ordered by activity: every poll walks every page.
         ordered("shuffled", [(4, True, False)] * 4),
     ],
@@ -551,3 +551,31 @@ def test_the_customers_role_is_compared_without_regard_to_case(famulor_sandbox: 
         return [event["text"] async for update in poller.poll() for event in update.events()]
 
     assert asyncio.run(scenario()) == ["capital U", "all caps"]
+
+
+@pytest.mark.famulor_sandbox(conversation_order="updated_desc")
+def test_the_sweep_finds_a_change_the_front_misses_without_a_full_walk_in_any_poll(famulor_sandbox: Any):
+    """A listing that only seemed ordered (a count grew, updated_at did not move): the sweep, a full
+    pass spread over polls, finds it within one round, and no poll walks every page."""
+    phones = add_past_conversations(famulor_sandbox, "+49154", 950)  # 10 pages; phones[0] on the last
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        poller = InboundPoller(FamulorHook(), sender_phone=SENDER, full_pass_every=5)
+        await poller.take_baseline()
+        with famulor_sandbox._lock:
+            quiet = famulor_sandbox._conversation_index.by_pair[(SENDER, phones[0])]
+            quiet.history.append({"role": "user", "content": "behind the front"})  # no touch
+        seen: list[str] = []
+        pages: list[int] = []
+        for _ in range(5):
+            async for update in poller.poll():
+                poller.acknowledge(update.conversation_id, update.start, update.end)
+                seen += [event["text"] for event in update.events()]
+            pages.append(poller.stats.pages)
+        return seen, pages
+
+    seen, pages = asyncio.run(scenario())
+    assert seen == ["behind the front"]
+    assert pages == [3, 3, 3, 3, 2]  # the front page, then 2 of the 9 others (the last poll: 1)
