@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +13,18 @@ import pytest
 pytest.importorskip("airflow.sdk", reason="asset watchers: Airflow 3")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_whatsapp_inbound.py"
+
+
+class AssetEvents:
+    """``inlet_events[asset]``: the asset's events, ``after(when)`` those after a time."""
+
+    def __init__(self, expected_after: datetime, events: list[Any]) -> None:
+        self.expected_after = expected_after
+        self.events = events
+
+    def after(self, when: datetime) -> list[Any]:
+        assert when == self.expected_after  # the run's run_after
+        return self.events
 
 
 def _message(n: int) -> dict[str, Any]:
@@ -35,9 +48,16 @@ def test_names_texts_and_full_numbers_only_at_debug(caplog: pytest.LogCaptureFix
     callable_ = dag.get_task("handle_messages").python_callable
     inbound = callable_.__globals__["inbound"]
     events = [SimpleNamespace(extra={"payload": _message(n)}) for n in range(3)]
+    run_after = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    inlet_events = {inbound: AssetEvents(run_after, [*events[1:], SimpleNamespace(extra={"manual": True})])}
 
     with caplog.at_level(logging.DEBUG):
-        handled = callable_(triggering_asset_events={inbound: events})
+        handled = callable_(
+            triggering_asset_events={inbound: events[:2]},
+            inlet_events=inlet_events,
+            dag_run=SimpleNamespace(run_after=run_after),
+        )
+    # The event Airflow left out of the run (#56050) is taken from inlet_events; each message once.
     assert handled == ["c0:0", "c1:1", "c2:2"]
     info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     debug = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
