@@ -598,9 +598,9 @@ def _registered_stores(key: Hashable) -> list[Any]:
     """The stores of the scope's triggers that are running now (stopped ones are dropped)."""
     registered = _inbound_stores.get(key, {})
     stores: dict[Any, None] = {}  # insertion-ordered set; accessors of one asset compare equal
-    for trigger_id, (accessors, task) in list(registered.items()):
+    for instance, (accessors, task) in list(registered.items()):
         if task is not None and task.done():
-            registered.pop(trigger_id, None)
+            registered.pop(instance, None)
             continue
         stores.update(dict.fromkeys(_asset_stores(accessors)))
     return list(stores)
