@@ -58,8 +58,8 @@ reach the trigger instance that holds the injected store: each instance register
 this process under the shared stream key from ``shared_stream_key()`` (after the injection,
 before the stream starts) and the producer reads the registered stores of the triggers whose
 task still runs at start and at each advance. Hence every message is written to
-``asset_event`` before the cursor passes it (none lost across kills, restarts or a move to another triggerer), and a kill after that write but
-before the cursor write (about one state sync plus one store write) makes the next triggerer
+``asset_event`` before the cursor passes it (none lost across kills, restarts or a move to
+another triggerer), and a kill after that write but before the cursor write (about one state sync plus one store write) makes the next triggerer
 emit those messages once more, with the same ``dedupe_key``: at most one extra event per message
 per kill, none within one triggerer's lifetime (unless Airflow could not confirm a write within
 ``[triggerer] shared_stream_ack_timeout``: the update is then read and emitted again).
