@@ -51,15 +51,16 @@ customer message. ``advance`` moves the cursor over clean updates only (and only
 the cursor must be at ``start``), and only over those that every acknowledging subscriber took
 whole (:meth:`ConversationUpdate.handed_over`: Airflow 3.3.2's ``unsubscribe`` counts a watcher
 cancelled between two events of an update as having acknowledged it), then writes the journal
-to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`: each store
-access from the triggerer is a round trip through its supervisor); an update that is not clean
+to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`:
+each store access from the triggerer is a round trip through its supervisor); an update that is not clean
 is forgotten, so the next poll reads the conversation again from the cursor. The producer cannot
 reach the trigger instance that holds the injected store: each instance registers its store in
 this process under the shared stream key from ``shared_stream_key()`` (after the injection,
 before the stream starts) and the producer reads the registered stores of the triggers whose
 task still runs at start and at each advance. Hence every message is written to
 ``asset_event`` before the cursor passes it (none lost across kills, restarts or a move to
-another triggerer), and a kill after that write but before the cursor write (about one state sync plus one store write) makes the next triggerer
+another triggerer), and a kill after that write but before the cursor write (about one state
+sync plus one store write) makes the next triggerer
 emit those messages once more, with the same ``dedupe_key``: at most one extra event per message
 per kill, none within one triggerer's lifetime (unless Airflow could not confirm a write within
 ``[triggerer] shared_stream_ack_timeout``: the update is then read and emitted again).
