@@ -65,8 +65,9 @@ if AIRFLOW_V_3_0_PLUS:  # Airflow 2.11: no AssetWatcher, so no DAG here (the fil
             # (apache/airflow#56050, see the README): take them here, from the asset's events
             # after this run's run_after. One that also starts its own run comes twice, with the
             # same dedupe_key.
-            run_after = context["dag_run"].run_after  # type: ignore[attr-defined]
-            events += context["inlet_events"][inbound].after(run_after)  # type: ignore[index]
+            asset_events = context["inlet_events"][inbound]  # type: ignore[index]
+            if hasattr(asset_events, "after"):  # Airflow 3.3+: a query (3.1 reads every event)
+                events += asset_events.after(context["dag_run"].run_after)  # type: ignore[attr-defined]
             payloads = [event.extra["payload"] for event in events if "payload" in (event.extra or {})]
             messages = {payload["dedupe_key"]: payload for payload in payloads}
             log.info("%d message(s) in this run", len(messages))
