@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter
@@ -579,3 +580,74 @@ def test_the_sweep_finds_a_change_the_front_misses_without_a_full_walk_in_any_po
     seen, pages = asyncio.run(scenario())
     assert seen == ["behind the front"]
     assert pages == [3, 3, 3, 3, 2]  # the front page, then 2 of the 9 others (the last poll: 1)
+
+
+class DyingStore(FakeAssetStateStore):
+    """A store whose triggerer dies at the ``die_at``-th write of the next compaction (counted from
+    its first bucket write): that write and every later one fail, as after a SIGKILL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.die_at: int | None = None
+        self.compaction_writes = 0
+        self.dead = False
+
+    def _write(self, key: str) -> None:
+        if self.die_at is None:
+            return
+        if self.compaction_writes or ".b" in key:
+            if self.dead or self.compaction_writes >= self.die_at:
+                self.dead = True
+                raise ConnectionError("the triggerer was killed")
+            self.compaction_writes += 1
+
+    async def aset(self, key: str, value: Any) -> None:
+        self._write(key)
+        await super().aset(key, value)
+
+    async def adelete(self, key: str) -> None:
+        self._write(key)
+        await super().adelete(key)
+
+
+@pytest.mark.parametrize("die_at", range(5))  # 2 buckets, the meta, 1 delete: every write, and none
+def test_a_kill_at_any_write_of_a_layout_change_replays_no_history_and_loses_nothing(
+    famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, die_at: int
+):
+    from famulor_provider.conversations import inbound_cursor
+
+    # Small values, so that 120 conversations need 2 buckets and 30 moved ones a compaction.
+    monkeypatch.setattr(inbound_cursor, "BUCKET_TARGET", 2_400)
+    monkeypatch.setattr(inbound_cursor, "JOURNAL_LIMIT", 300)
+    add_past_conversations(famulor_sandbox, "+49155", 90)  # history: "hi" in each
+    store = DyingStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = Triggerer()
+        first.start(trigger(), store)
+        await started(first, store)
+        assert json.loads(store.values[next(k for k in store.values if k.endswith(".meta"))])["buckets"] == 1
+        store.die_at = die_at
+        for n in range(30):  # 30 new customers: the cursor grows to 120 conversations, 2 buckets
+            famulor_sandbox.receive(SENDER, f"+4915600000{n:03d}", f"new {n}")
+        await first.until(lambda: len(first.events) >= 30)
+        await first.until(lambda: store.dead or store.compaction_writes >= 4)
+        await first.kill()
+        store.die_at = None
+        second = Triggerer()
+        second.start(trigger(), store)
+        famulor_sandbox.receive(SENDER, "+4915700000001", "after the restart")
+        await second.until(lambda: "after the restart" in texts(second.events))
+        await second.settle()
+        await second.stop()
+        return first.events, second.events
+
+    before, after = asyncio.run(scenario())
+    assert sorted(texts(before)) == sorted(f"new {n}" for n in range(30))
+    assert "hi" not in texts(after)  # no history replayed
+    # The messages the stored cursor had not passed at the kill come once more, with the same
+    # dedupe_key (tests/conversations: the stored cursor is exactly the one before or after).
+    repeated = Counter(e["dedupe_key"] for e in after if e["text"] != "after the restart")
+    assert set(repeated) <= {e["dedupe_key"] for e in before} and set(repeated.values()) <= {1}
+    meta = json.loads(store.values[next(k for k in store.values if k.endswith(".meta"))])
+    assert meta["buckets"] == 2
