@@ -15,6 +15,19 @@ pytest.importorskip("airflow.sdk", reason="asset watchers: Airflow 3")
 EXAMPLE = Path(__file__).resolve().parents[2] / "example_dags" / "famulor_whatsapp_inbound.py"
 
 
+class ByAsset:
+    """A context accessor (``triggering_asset_events``, ``inlet_events``) of one asset (not a dict:
+    Airflow 3.1's ``Asset`` does not hash)."""
+
+    def __init__(self, asset: Any, value: Any) -> None:
+        self.asset = asset
+        self.value = value
+
+    def __getitem__(self, asset: Any) -> Any:
+        assert asset.name == self.asset.name
+        return self.value
+
+
 class AssetEvents:
     """``inlet_events[asset]``: the asset's events, ``after(when)`` those after a time."""
 
@@ -49,12 +62,12 @@ def test_names_texts_and_full_numbers_only_at_debug(caplog: pytest.LogCaptureFix
     inbound = callable_.__globals__["inbound"]
     events = [SimpleNamespace(extra={"payload": _message(n)}) for n in range(3)]
     run_after = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
-    inlet_events = {inbound: AssetEvents(run_after, [*events[1:], SimpleNamespace(extra={"manual": True})])}
+    late = [*events[1:], SimpleNamespace(extra={"manual": True})]  # and an event not of the trigger
 
     with caplog.at_level(logging.DEBUG):
         handled = callable_(
-            triggering_asset_events={inbound: events[:2]},
-            inlet_events=inlet_events,
+            triggering_asset_events=ByAsset(inbound, events[:2]),
+            inlet_events=ByAsset(inbound, AssetEvents(run_after, late)),
             dag_run=SimpleNamespace(run_after=run_after),
         )
     # The event Airflow left out of the run (#56050) is taken from inlet_events; each message once.
