@@ -439,12 +439,11 @@ class CursorStore:
         buckets = max(cursor.bucket_count, buckets_for(len(cursor)))
         if buckets != cursor.bucket_count:
             cursor.resize(buckets)
-            layout = [0] * buckets
-        else:
-            layout = list(self._layout) if len(self._layout) == buckets else [0] * buckets
-        if any(store not in self._complete for store in self.stores) or len(self._layout) != buckets:
+        # A new layout, or a store that does not hold the committed one: write every bucket.
+        full = len(self._layout) != buckets or any(store not in self._complete for store in self.stores)
+        if full:
             cursor.mark_all_dirty()
-            layout = [0] * buckets
+        layout = [0] * buckets if full else list(self._layout)
         generation = self._tag = max(self._tag, self.generation) + 1
         encoded = cursor.encode(cursor.dirty())
         for index in range(buckets):
