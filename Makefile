@@ -173,7 +173,7 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 #   forged, replayed, oversized and malformed requests (no event), the token never in the access log.
 # - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
 #   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
-#   most one extra per kill, same dedupe_key) consumed by a DAG run. About 4 minutes.
+#   most one extra per kill, same dedupe_key) handled by a successful DAG run. About 4 minutes.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
 REDIS_SERVER ?= /usr/bin/redis-server
 

@@ -36,3 +36,7 @@ class FakeAssetStateStore:
 
     def largest_value(self) -> int:
         return max((len(raw) for raw in self.values.values()), default=0)
+
+    async def adelete(self, key: str) -> None:
+        self.values.pop(key, None)
+        self.writes.append((key, 0))

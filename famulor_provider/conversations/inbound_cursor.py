@@ -10,17 +10,29 @@ bytes per conversation, since uuids do not compress.
 In a triggerer every store read or write is a round trip through the triggerer's supervisor
 (up to about a second on a busy deployment), so an advance writes **one** value, the journal:
 the conversations that moved since the last compaction. When the journal outgrows
-:data:`JOURNAL_LIMIT`, a compaction writes them into the buckets (the conversations split by
+:data:`JOURNAL_LIMIT`, a compaction writes the changed buckets (the conversations split by
 their uuid's first byte into a power of two of buckets, as many as keep each under
-:data:`BUCKET_TARGET` bytes: 1 for a few hundred conversations, 128 for 100,000), then the meta
-value, then an empty journal. Counts only grow, and every stored count covers only events
-Airflow stored, so a load takes, per conversation, the larger of its bucket and journal values:
-a process killed between any two writes leaves a cursor that is behind, never ahead.
+:data:`BUCKET_TARGET` bytes: 1 for a few hundred conversations, 128 for 100,000).
+
+**Kills.** The meta value is the commit: it names the generation and, per bucket, the generation
+that wrote it; a bucket is stored under a key tagged with that generation (``b00.g7``), so a
+compaction never overwrites a value the committed meta points at, and a journal applies only
+under the meta of its own generation (it is written as ``"7:<entries>"``). A compaction writes
+its buckets under new keys, then the meta, then deletes the keys no longer named. A process
+killed (or a store write that raises) between any two writes leaves the cursor as it was before
+the compaction or as it is after it, never a mix, also when the bucket count doubles. A journal
+value is written whole, so it too is before or after. Hence a count may also go *down* (a cut
+history) and stay down after a restart.
+
+**Cut histories.** When a conversation's history gets shorter than its count, the cursor moves
+back and the conversation's *epoch* goes up by one; events of a conversation cut ``n`` times
+carry ``@n`` in their ``dedupe_key``, so a key is never reused for another message.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import uuid
 import zlib
@@ -28,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+log = logging.getLogger(__name__)
 
 MAX_BUCKETS = 256
 BUCKET_TARGET = 32_000  # bytes per stored bucket, half of Airflow's default value limit
@@ -94,12 +108,17 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def encode_bucket(counts: Mapping[str, int]) -> str:
+def encode_bucket(counts: Mapping[str, int], epochs: Mapping[str, int] | None = None) -> str:
     """
     Encode one bucket's ``{conversation_id: count}`` as compact text (sorted, so stable).
 
+    Each count is stored as ``varint(count * 2 + has_epoch)``, followed by ``varint(epoch)`` for a
+    conversation whose history was cut (epoch > 0).
+
     :param counts: the bucket's conversations and their counts (counts >= 0).
+    :param epochs: the conversations' cut epochs (absent: 0).
     """
+    epochs = epochs or {}
     out = bytearray()
     for conversation_id in sorted(counts):
         raw = _uuid_bytes(conversation_id)
@@ -110,18 +129,21 @@ def encode_bucket(counts: Mapping[str, int]) -> str:
             text = conversation_id.encode()
             out.append(_TEXT_TAG)
             out += _varint(len(text)) + text
-        out += _varint(counts[conversation_id])
+        epoch = epochs.get(conversation_id, 0)
+        out += _varint(counts[conversation_id] * 2 + (1 if epoch else 0))
+        if epoch:
+            out += _varint(epoch)
     return base64.b64encode(zlib.compress(bytes(out), 9)).decode("ascii")
 
 
-def decode_bucket(value: str) -> dict[str, int]:
+def decode_entries(value: str) -> dict[str, tuple[int, int]]:
     """
-    Decode what :func:`encode_bucket` wrote.
+    Decode what :func:`encode_bucket` wrote: ``{conversation_id: (count, epoch)}``.
 
     :param value: the stored text.
     """
     data = zlib.decompress(base64.b64decode(value))
-    counts: dict[str, int] = {}
+    entries: dict[str, tuple[int, int]] = {}
     pos = 0
     while pos < len(data):
         tag = data[pos]
@@ -135,8 +157,21 @@ def decode_bucket(value: str) -> dict[str, int]:
             pos += length
         else:
             raise ValueError(f"inbound cursor bucket: unknown entry tag {tag:#x} at byte {pos - 1}")
-        counts[conversation_id], pos = _read_varint(data, pos)
-    return counts
+        packed, pos = _read_varint(data, pos)
+        epoch = 0
+        if packed & 1:
+            epoch, pos = _read_varint(data, pos)
+        entries[conversation_id] = (packed >> 1, epoch)
+    return entries
+
+
+def decode_bucket(value: str) -> dict[str, int]:
+    """
+    The counts of what :func:`encode_bucket` wrote.
+
+    :param value: the stored text.
+    """
+    return {conversation_id: count for conversation_id, (count, _) in decode_entries(value).items()}
 
 
 class InboundCursor:
@@ -145,7 +180,7 @@ class InboundCursor:
 
     Kept in memory as one dict per bucket, so that encoding a bucket touches only its
     conversations. Remembers the conversations changed since the last compaction (the journal)
-    and the buckets they fall in.
+    and the buckets they fall in, and the cut epoch of each conversation whose history was cut.
 
     :param counts: the initial counts, e.g. decoded from the store.
     :param buckets: how many buckets (a power of two up to 256).
@@ -153,6 +188,7 @@ class InboundCursor:
 
     def __init__(self, counts: Mapping[str, int] | None = None, buckets: int = 1) -> None:
         self._buckets: list[dict[str, int]] = [{} for _ in range(buckets)]
+        self.epochs: dict[str, int] = {}  # only conversations cut at least once
         self.journal: dict[str, int] = {}
         self._dirty: set[int] = set()
         for conversation_id, count in (counts or {}).items():
@@ -174,6 +210,14 @@ class InboundCursor:
         """
         return self._buckets[bucket_of(conversation_id, len(self._buckets))].get(conversation_id)
 
+    def epoch(self, conversation_id: str) -> int:
+        """
+        How many times the conversation's history was seen cut (0: never).
+
+        :param conversation_id: the conversation's ``id``.
+        """
+        return self.epochs.get(conversation_id, 0)
+
     def put(self, conversation_id: str, count: int) -> None:
         """
         Record that messages ``[0, count)`` of a conversation are covered.
@@ -189,6 +233,18 @@ class InboundCursor:
             bucket[conversation_id] = count
             self.journal[conversation_id] = count
             self._dirty.add(index)
+
+    def cut(self, conversation_id: str, count: int) -> None:
+        """
+        The conversation's history is now shorter: move back to ``count`` and start a new epoch.
+
+        :param conversation_id: the conversation's ``id``.
+        :param count: the history's new length.
+        """
+        self.epochs[conversation_id] = self.epoch(conversation_id) + 1
+        self.put(conversation_id, count)
+        self.journal[conversation_id] = count  # also when the count is unchanged: the epoch moved
+        self._dirty.add(bucket_of(conversation_id, len(self._buckets)))
 
     def update(self, counts: Mapping[str, int]) -> None:
         """
@@ -230,29 +286,48 @@ class InboundCursor:
 
         :param buckets: the bucket indexes to encode.
         """
-        return {index: encode_bucket(self._buckets[index]) for index in buckets}
+        return {index: encode_bucket(self._buckets[index], self.epochs) for index in buckets}
+
+    def encode_journal(self) -> str:
+        """Encode the journal (the conversations changed since the last compaction)."""
+        return encode_bucket(self.journal, self.epochs)
+
+    def is_empty_bucket(self, index: int) -> bool:
+        """
+        Whether a bucket holds no conversation.
+
+        :param index: the bucket index.
+        """
+        return not self._buckets[index]
 
     @classmethod
     def decode(cls, buckets: Mapping[int, str], count: int, journal: str | None = None) -> InboundCursor:
         """
         Build a cursor from stored buckets (missing ones are empty) and the journal on top.
 
+        The journal is newer than the buckets (a journal of another generation is never passed),
+        so its entries replace theirs, also when lower (a cut history).
+
         :param buckets: ``{bucket index: stored text}``.
         :param count: how many buckets there are.
-        :param journal: the stored journal text, if any.
+        :param journal: the stored journal entries, if any.
         """
         cursor = cls(buckets=count)
         for value in buckets.values():
-            for conversation_id, stored in decode_bucket(value).items():
+            for conversation_id, (stored, epoch) in decode_entries(value).items():
                 cursor._buckets[bucket_of(conversation_id, count)][conversation_id] = stored
+                if epoch:
+                    cursor.epochs[conversation_id] = epoch
         if journal:
-            for conversation_id, stored in decode_bucket(journal).items():
-                bucket = cursor._buckets[bucket_of(conversation_id, count)]
-                # Counts only grow: a journal older than the buckets cannot move them back.
-                if stored > bucket.get(conversation_id, -1):
-                    bucket[conversation_id] = stored
-                    cursor.journal[conversation_id] = stored
-                    cursor._dirty.add(bucket_of(conversation_id, count))
+            for conversation_id, (stored, epoch) in decode_entries(journal).items():
+                index = bucket_of(conversation_id, count)
+                cursor._buckets[index][conversation_id] = stored
+                if epoch:
+                    cursor.epochs[conversation_id] = epoch
+                else:
+                    cursor.epochs.pop(conversation_id, None)
+                cursor.journal[conversation_id] = stored
+                cursor._dirty.add(index)
         return cursor
 
 
@@ -268,9 +343,10 @@ class CursorStore:
     """
     Load and save an :class:`InboundCursor` in one or more asset state stores.
 
-    Keys: ``{prefix}.meta`` (``{"version", "generation", "buckets": count, "written": [indexes]}``),
-    ``{prefix}.bXX`` per bucket (hex index) and ``{prefix}.journal`` (the encoded journal). The
-    prefix names the trigger's scope, so watchers of different scopes on one asset keep separate
+    Keys: ``{prefix}.meta`` (``{"version", "generation", "buckets": count, "layout": [the
+    generation that wrote each bucket, 0 for an empty one]}``), ``{prefix}.bXX.gN`` per bucket
+    (hex index, generation) and ``{prefix}.journal`` (``"N:<encoded journal>"``). The prefix
+    names the trigger's scope, so watchers of different scopes on one asset keep separate
     cursors. With several stores (one trigger watching several assets), every save writes to
     each, and a load reads the store whose ``generation`` (compactions) is highest; a store that
     has not been written by this instance yet gets a full compaction first.
@@ -279,22 +355,30 @@ class CursorStore:
     :param prefix: the key prefix (the scope).
     """
 
-    VERSION = 2
+    VERSION = 3
 
     def __init__(self, stores: Iterable[StateStore], prefix: str) -> None:
         self.stores = list(stores)
         self.prefix = prefix
-        self.generation = 0
-        self._written: set[int] = set()
-        self._complete: list[StateStore] = []  # stores holding this cursor's buckets and meta
+        self.generation = 0  # the last generation committed to every store
+        self._tag = 0  # the last generation any compaction used (never reused, also when it failed)
+        self._layout: list[int] = []  # the committed layout (see the class doc)
+        self._complete: list[StateStore] = []  # stores whose meta is this instance's generation
+        self._keys: dict[StateStore, set[str]] = {}  # bucket keys known to exist, per store
 
-    def key(self, name: int | str) -> str:
+    def key(self, name: int | str, generation: int = 0) -> str:
         """
-        The store key of a bucket (by index) or of ``"meta"`` / ``"journal"``.
+        The store key of a bucket (by index and generation) or of ``"meta"`` / ``"journal"``.
 
         :param name: the bucket index, or ``"meta"`` or ``"journal"``.
+        :param generation: the generation that wrote the bucket.
         """
-        return f"{self.prefix}.b{name:02x}" if isinstance(name, int) else f"{self.prefix}.{name}"
+        if isinstance(name, int):
+            return f"{self.prefix}.b{name:02x}.g{generation}"
+        return f"{self.prefix}.{name}"
+
+    def _meta_keys(self, meta: Mapping[str, Any]) -> set[str]:
+        return {self.key(index, int(gen)) for index, gen in enumerate(meta.get("layout", [])) if gen}
 
     async def load(self) -> InboundCursor | None:
         """The most advanced stored cursor, or ``None`` when no store holds one."""
@@ -303,23 +387,33 @@ class CursorStore:
             meta = await store.aget(self.key("meta"))
             if not isinstance(meta, dict) or meta.get("version") != self.VERSION:
                 continue
+            self._keys[store] = self._meta_keys(meta)
             if best is None or int(meta["generation"]) > best[0]:
                 best = (int(meta["generation"]), store, meta)
         if best is None:
             return None
         generation, store, meta = best
+        layout = [int(gen) for gen in meta["layout"]]
         values: dict[int, str] = {}
-        for index in meta.get("written", []):
-            value = await store.aget(self.key(int(index)))
-            if isinstance(value, str):
-                values[int(index)] = value
+        for index, gen in enumerate(layout):
+            if not gen:
+                continue
+            value = await store.aget(self.key(index, gen))
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"inbound cursor {self.prefix!r}: bucket {index} of generation {gen} is missing from "
+                    "the asset state store; clear the cursor's keys to start the watcher afresh"
+                )
+            values[index] = value
         journal = await store.aget(self.key("journal"))
-        self.generation = generation
-        self._written = set(values)
+        entries = None
+        if isinstance(journal, str) and ":" in journal:
+            tag, _, encoded = journal.partition(":")
+            entries = encoded if tag == str(generation) else None
+        self.generation = self._tag = max(self._tag, generation)
+        self._layout = layout
         self._complete = [store]
-        return InboundCursor.decode(
-            values, int(meta["buckets"]), journal if isinstance(journal, str) else None
-        )
+        return InboundCursor.decode(values, int(meta["buckets"]), entries)
 
     async def save(self, cursor: InboundCursor) -> int:
         """
@@ -329,43 +423,73 @@ class CursorStore:
         """
         if not cursor.journal and all(store in self._complete for store in self.stores):
             return 0
-        journal = encode_bucket(cursor.journal)
+        journal = cursor.encode_journal()
         if (
             len(journal) <= JOURNAL_LIMIT
             and self.generation
             and all(s in self._complete for s in self.stores)
         ):
+            value = f"{self.generation}:{journal}"
             for store in self.stores:
-                await store.aset(self.key("journal"), journal)
-            return len(journal) * len(self.stores)
+                await store.aset(self.key("journal"), value)
+            return len(value) * len(self.stores)
         return await self._compact(cursor)
 
     async def _compact(self, cursor: InboundCursor) -> int:
         buckets = max(cursor.bucket_count, buckets_for(len(cursor)))
         if buckets != cursor.bucket_count:
             cursor.resize(buckets)
-            self._written = set()
-        new_stores = [store for store in self.stores if store not in self._complete]
-        if new_stores:
+        # A new layout, or a store that does not hold the committed one: write every bucket.
+        full = len(self._layout) != buckets or any(store not in self._complete for store in self.stores)
+        if full:
             cursor.mark_all_dirty()
+        layout = [0] * buckets if full else list(self._layout)
+        generation = self._tag = max(self._tag, self.generation) + 1
         encoded = cursor.encode(cursor.dirty())
-        self._written = (self._written & set(range(buckets))) | set(encoded)
-        # After a resize the buckets written at the old size are stale: the meta lists only those
-        # written at this size.
+        for index in range(buckets):
+            if index in encoded:
+                layout[index] = generation
+            elif cursor.is_empty_bucket(index):
+                layout[index] = 0
         meta: dict[str, Any] = {
             "version": self.VERSION,
-            "generation": self.generation + 1,
+            "generation": generation,
             "buckets": buckets,
-            "written": sorted(self._written),
+            "layout": layout,
         }
+        keep = self._meta_keys(meta)
         written = 0
-        for store in self.stores:
-            for index, value in sorted(encoded.items()):
-                await store.aset(self.key(index), value)
-                written += len(value)
-            await store.aset(self.key("meta"), meta)
-            await store.aset(self.key("journal"), "")
-        self.generation += 1
+        try:
+            for store in self.stores:
+                known = self._keys.setdefault(store, set())
+                for index, value in sorted(encoded.items()):
+                    key = self.key(index, generation)
+                    known.add(key)
+                    await store.aset(key, value)
+                    written += len(value)
+                # The commit: until here the store's cursor is the one before this compaction.
+                await store.aset(self.key("meta"), meta)
+                for key in sorted(known - keep):
+                    if await _delete(store, key):
+                        known.discard(key)
+        except BaseException:
+            self._complete = []  # the stores may differ now: the next save is a full compaction
+            raise
+        self.generation = generation
+        self._layout = layout
         self._complete = list(self.stores)
         cursor.compacted()
         return written
+
+
+async def _delete(store: StateStore, key: str) -> bool:
+    """Delete a key no committed meta names; whether it is gone (a failure is retried next time)."""
+    adelete = getattr(store, "adelete", None)
+    if adelete is None:
+        return True  # a store without deletes keeps it
+    try:
+        await adelete(key)
+    except Exception:
+        log.debug("Could not delete %s from the asset state store; retried at the next compaction", key)
+        return False
+    return True

@@ -8,10 +8,13 @@ A poll therefore costs the listing's pages plus one read per changed conversatio
 listing's order. Early stop: when every page of the last full pass was ordered by
 ``updated_at`` (most recent first), a poll stops after the first page whose last (least
 recently active) conversation did not change and is strictly older than the newest activity the
-previous poll saw; every ``full_pass_every``-th poll walks every page anyway, so a listing that only
-seemed ordered delays a message by at most that many polls, never loses it. Each request takes
-a slot of the connection's polling budget (:mod:`.polling`, shared with the reply
-sensor), and the interval stretches when a poll costs more than the budget allows.
+previous poll saw, then walks a few more pages of the *sweep*: the rest of the listing, spread
+over about ``full_pass_every`` polls (resumed from the listing cursor where the last poll left
+it), so a listing that only seemed ordered delays a message by at most one round, never loses
+it, and no poll spends a whole walk at once. The sweep takes what the front and the reads left
+of the poll's budget, at least one page. Each request takes a slot of the connection's polling
+budget (:mod:`.polling`, shared with the reply sensor), and the interval stretches when a poll
+costs more than the budget allows.
 
 **Airflow 3.3.2's machinery** (``airflow/triggers/base.py``, ``triggers/shared_stream.py``,
 ``jobs/triggerer_job_runner.py``), as this module relies on it:
@@ -42,19 +45,22 @@ sensor), and the interval stretches when a poll costs more than the budget allow
   stream (``run()`` only); 2.11 has no ``BaseEventTrigger``.
 
 **The guarantee on 3.3.** :class:`InboundProducer` is the ack-mode producer: a raw event is one
-conversation's new messages (:class:`ConversationUpdate`), its payload ``(conversation_id, start,
-end)``; after each poll it yields a tick (``None``), so that the poll's last update resolves
-without waiting for the next customer message. ``advance`` moves the cursor over clean updates
-only (and only contiguously: the cursor must be at ``start``), then writes the cursor's journal
-to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`: each store
-access from the triggerer is a round trip through its supervisor); an update that is not clean
+conversation's new messages (:class:`ConversationUpdate`), also its payload; after each poll it
+yields a tick (``None``), so that the poll's last update resolves without waiting for the next
+customer message. ``advance`` moves the cursor over clean updates only (and only contiguously:
+the cursor must be at ``start``), and only over those that every acknowledging subscriber took
+whole (:meth:`ConversationUpdate.handed_over`: Airflow 3.3.2's ``unsubscribe`` counts a watcher
+cancelled between two events of an update as having acknowledged it), then writes the journal
+to the asset state store (one value, see :mod:`famulor_provider.conversations.inbound_cursor`:
+each store access from the triggerer is a round trip through its supervisor); an update that is not clean
 is forgotten, so the next poll reads the conversation again from the cursor. The producer cannot
 reach the trigger instance that holds the injected store: each instance registers its store in
 this process under the shared stream key from ``shared_stream_key()`` (after the injection,
-before the stream starts) and the producer reads the registered stores at start and at each
-advance. Hence every message is written to ``asset_event`` before the cursor passes it (none
-lost across kills, restarts or a move to another triggerer), and a kill after that write but
-before the cursor write (about one state sync plus one store write) makes the next triggerer
+before the stream starts) and the producer reads the registered stores of the triggers whose
+task still runs at start and at each advance. Hence every message is written to
+``asset_event`` before the cursor passes it (none lost across kills, restarts or a move to
+another triggerer), and a kill after that write but before the cursor write (about one state
+sync plus one store write) makes the next triggerer
 emit those messages once more, with the same ``dedupe_key``: at most one extra event per message
 per kill, none within one triggerer's lifetime (unless Airflow could not confirm a write within
 ``[triggerer] shared_stream_ack_timeout``: the update is then read and emitted again).
@@ -65,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from famulor_provider.conversations.inbound_cursor import CursorStore, InboundCursor
@@ -75,12 +82,13 @@ if TYPE_CHECKING:
 
     from famulor_provider.conversations.inbound_cursor import StateStore
     from famulor_provider.hooks.famulor import FamulorHook
-    from famulor_provider.models import WhatsAppConversation
+    from famulor_provider.models import ConversationHistory, WhatsAppConversation
 
 log = logging.getLogger(__name__)
 
 PER_PAGE = 100  # the API's maximum
 DEFAULT_FULL_PASS_EVERY = 10
+SAME_SECOND_MARGIN = 2.0  # seconds: clock skew allowed between the API's updated_at and ours
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,24 @@ class ConversationUpdate:
     customer_name: str | None
     variables: dict[str, Any] | None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # how many times the conversation's history was seen cut
+    # One entry per subscriber that took every event of the update (see handed_over()).
+    handovers: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def handed_over(self) -> None:
+        """A subscriber's filter came back after yielding the update's last event: Airflow has it.
+
+        Airflow 3.3's runner binds an event to the raw event (and queues it) only after awaiting
+        its log line, before it asks the filter for the next: a filter resumed after its last
+        yield therefore knows that every event it yielded was bound. A filter cancelled in that
+        await never comes back, and the update stays unconfirmed for it (see ``advance``).
+        """
+        self.handovers.append(True)
+
+    def dedupe_key(self, message_index: int) -> str:
+        """``"{conversation_id}:{message_index}"``, with ``"@{epoch}"`` once the history was cut."""
+        key = f"{self.conversation_id}:{message_index}"
+        return f"{key}@{self.epoch}" if self.epoch else key
 
     def events(self) -> list[dict[str, Any]]:
         """One payload per customer message, with a stable ``dedupe_key``."""
@@ -115,7 +141,7 @@ class ConversationUpdate:
                 "text": message["text"],
                 "message_index": message["message_index"],
                 "variables": self.variables,
-                "dedupe_key": f"{self.conversation_id}:{message['message_index']}",
+                "dedupe_key": self.dedupe_key(message["message_index"]),
             }
             for message in self.messages
         ]
@@ -130,6 +156,7 @@ class PollStats:
     conversations: int = 0
     full_pass: bool = False
     stopped_early: bool = False
+    swept: int = 0  # pages of the sweep (see InboundPoller.poll)
 
 
 class _OrderCheck:
@@ -168,7 +195,9 @@ class InboundPoller:
     :param cursor: the acknowledged counts (from the store), or ``None`` for a first start.
     :param sender_phone: only conversations of this business number (``whatsapp_sender_phone``).
     :param customer_phone: only conversations with this customer.
-    :param full_pass_every: every n-th poll walks every page, even when early stop is allowed.
+    :param full_pass_every: the polls over which a sweep of the whole listing is spread (with
+        ``spread_full_pass=False``: every n-th poll walks every page at once, the old schedule).
+    :param spread_full_pass: spread the full pass over polls (the default).
     """
 
     def __init__(
@@ -179,9 +208,14 @@ class InboundPoller:
         sender_phone: str | None = None,
         customer_phone: str | None = None,
         full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+        spread_full_pass: bool = True,
     ) -> None:
         self.hook = hook
         self.cursor = cursor
+        self.spread_full_pass = spread_full_pass
+        self.listing_pages = 1  # pages of the last complete walk (sizes the sweep)
+        self.sweep_cursor: str | None = None  # where the sweep goes on (None: after the front)
+        self._round_pages = 0
         self.sender_phone = sender_phone
         self.customer_phone = customer_phone
         self.full_pass_every = max(1, int(full_pass_every))
@@ -191,6 +225,33 @@ class InboundPoller:
         self.high_water: str | None = None  # the most recent updated_at seen so far
         self.polls = 0
         self.stats = PollStats()
+        # For conversations listed without message_count: the updated_at their last read saw, and
+        # when that read was (UTC, less SAME_SECOND_MARGIN), as the API writes times.
+        self.activity: dict[str, tuple[str | None, str]] = {}
+        self._warned_no_count = False
+
+    def _no_count(self) -> None:
+        if not self._warned_no_count:
+            self._warned_no_count = True
+            log.warning(
+                "The conversation listing left out message_count: the inbound watcher reads each "
+                "conversation whose updated_at changed (one request each, more of the polling budget)"
+            )
+
+    def _activity_changed(self, conversation: WhatsAppConversation) -> bool:
+        """For a conversation listed without ``message_count``: whether to read it in this poll.
+
+        When ``updated_at`` moved, or when it is not clearly older than the last read (a message
+        written later in the same second leaves ``updated_at`` as it was).
+        """
+        if conversation.id not in self.activity:
+            return True
+        updated_at, read_at = self.activity[conversation.id]
+        return conversation.updated_at != updated_at or (updated_at is not None and updated_at >= read_at)
+
+    def _read_now(self, conversation: WhatsAppConversation) -> None:
+        read_at = datetime.now(timezone.utc) - timedelta(seconds=SAME_SECOND_MARGIN)
+        self.activity[conversation.id] = (conversation.updated_at, read_at.strftime("%Y-%m-%d %H:%M:%S"))
 
     def _filters(self) -> dict[str, Any]:
         return {
@@ -218,9 +279,19 @@ class InboundPoller:
             for conversation in page:
                 stats.conversations += 1
                 order.see(conversation.updated_at)
-                cursor.put(conversation.id, int(conversation.message_count or 0))
+                count = conversation.message_count
+                if count is None:  # the history's length is what is history: read it
+                    self._no_count()
+                    await self._slot()
+                    history = await self._history(conversation)
+                    if history is None:
+                        continue
+                    count = len(history.messages)
+                    self._read_now(conversation)
+                cursor.put(conversation.id, int(count))
         self.cursor = cursor
         self.stats = stats
+        self.listing_pages = stats.pages
         self.ordered_by_activity, self.high_water = order.ordered, order.newest
         return cursor
 
@@ -235,52 +306,157 @@ class InboundPoller:
         assert self.cursor is not None
         return self.cursor.get(conversation_id) or 0
 
-    async def poll(self) -> AsyncIterator[ConversationUpdate]:
-        """Walk the listing and yield an update per conversation whose count grew, as found."""
+    async def _pages(
+        self, cursor: str | None
+    ) -> AsyncIterator[tuple[list[WhatsAppConversation], str | None]]:
+        """The listing's pages from ``cursor`` on, each with its ``next_cursor``; a slot before each."""
+        from famulor_provider.exceptions import FamulorResponseError
+
+        seen: set[str] = set()
+        while True:
+            await self._slot()
+            filters = {key: value for key, value in self._filters().items() if key != "before_page"}
+            page, cursor = await self.hook.aget_conversation_page(cursor, **filters)
+            yield page, cursor
+            if cursor is None:
+                return
+            if cursor in seen:  # a loop would poll forever
+                raise FamulorResponseError(
+                    "GET /user/conversations returned a next_cursor it returned before"
+                )
+            seen.add(cursor)
+
+    def _changes(
+        self, page: list[WhatsAppConversation], order: _OrderCheck, stats: PollStats
+    ) -> tuple[list[tuple[WhatsAppConversation, int]], bool]:
+        """A page's changed conversations (with where they stand), and whether its last is unchanged."""
+        assert self.cursor is not None
+        changed: list[tuple[WhatsAppConversation, int]] = []
+        last_unchanged = False
+        for conversation in page:
+            stats.conversations += 1
+            order.see(conversation.updated_at)
+            seen = self.seen(conversation.id)
+            if conversation.message_count is None:
+                self._no_count()
+                last_unchanged = not self._activity_changed(conversation)
+                if not last_unchanged:
+                    changed.append((conversation, seen))
+                continue
+            count = int(conversation.message_count)
+            last_unchanged = count <= seen
+            if count > seen:
+                changed.append((conversation, seen))
+            elif count < seen and conversation.id not in self.pending:
+                # Fewer messages than covered (the history was cut): start over from there,
+                # in a new epoch (the messages now at those positions are other messages).
+                self.cursor.cut(conversation.id, count)
+        return changed, last_unchanged
+
+    async def _read_changed(
+        self, changed: list[tuple[WhatsAppConversation, int]], stats: PollStats
+    ) -> AsyncIterator[ConversationUpdate]:
+        for conversation, seen in changed:
+            await self._slot()
+            update = await self._read(conversation, seen)
+            stats.reads += 1
+            if update is not None:
+                self.pending[conversation.id] = update.end
+                yield update
+
+    def sweep_size(self, budget: int | None, used: int) -> int:
+        """
+        How many pages of the sweep this poll walks.
+
+        The share that completes a round in ``full_pass_every`` polls, less what the poll already
+        spent of ``budget`` (the requests its interval allows), but at least one page.
+
+        :param budget: the requests one poll may make within its interval, or ``None``.
+        :param used: the requests the poll made so far.
+        """
+        share = max(1, -(-self.listing_pages // self.full_pass_every))
+        return share if budget is None else max(1, min(share, budget - used))
+
+    async def poll(self, budget: int | None = None) -> AsyncIterator[ConversationUpdate]:
+        """
+        Walk the listing and yield an update per conversation whose count grew, as found.
+
+        Unless the listing is proven ordered by activity, the poll walks every page. Otherwise
+        it walks the front (early stop), then the next few pages of the *sweep*: a walk over
+        the rest of the listing spread over the polls (about ``full_pass_every`` of them), so
+        that a listing that only seemed ordered delays a message by at most one round, and no
+        poll spends a whole walk's requests at once (which would delay the new messages behind
+        it). The sweep resumes from the listing cursor where the previous poll left it.
+
+        :param budget: the requests one poll may make within its interval: the sweep takes
+            what the front and the reads left of it (at least one page).
+        """
         if self.cursor is None:
             raise RuntimeError("take_baseline() or a stored cursor must come before poll()")
         self.polls += 1
-        full = not self.ordered_by_activity or self.polls % self.full_pass_every == 0
+        full = not self.ordered_by_activity or (
+            not self.spread_full_pass and self.polls % self.full_pass_every == 0
+        )
         stats = self.stats = PollStats(full_pass=full)
         order = _OrderCheck(self.high_water)
-        async for page in self.hook.aiter_conversation_pages(**self._filters()):
+        front_end: str | None = None
+        async for page, next_cursor in self._pages(None):
             stats.pages += 1
-            changed: list[tuple[WhatsAppConversation, int]] = []
-            last_unchanged = False
-            for conversation in page:
-                stats.conversations += 1
-                order.see(conversation.updated_at)
-                count = int(conversation.message_count or 0)
-                seen = self.seen(conversation.id)
-                last_unchanged = count <= seen
-                if count > seen:
-                    changed.append((conversation, seen))
-                elif count < seen and conversation.id not in self.pending:
-                    # Fewer messages than covered (the history was cut): start over from there.
-                    self.cursor.put(conversation.id, count)
-            for conversation, seen in changed:
-                await self._slot()
-                update = await self._read(conversation, seen)
-                stats.reads += 1
-                if update is not None:
-                    self.pending[conversation.id] = update.end
-                    yield update
+            changed, last_unchanged = self._changes(page, order, stats)
+            async for update in self._read_changed(changed, stats):
+                yield update
             if not full and last_unchanged and order.behind(self.high_water):
                 stats.stopped_early = True
+                front_end = next_cursor
                 break
         if full:
             self.ordered_by_activity = order.ordered
         self.high_water = order.newest
+        if front_end is None:  # every page was walked: a round is complete
+            self.listing_pages = stats.pages
+            self.sweep_cursor = None
+            return
+        if not self.spread_full_pass:
+            return
+        sweep = _OrderCheck(None)
+        pages = self.sweep_size(budget, stats.pages + stats.reads)
+        async for page, next_cursor in self._pages(self.sweep_cursor or front_end):
+            stats.pages += 1
+            stats.swept += 1
+            self._round_pages += 1
+            changed, _ = self._changes(page, sweep, stats)
+            async for update in self._read_changed(changed, stats):
+                yield update
+            self.sweep_cursor = next_cursor
+            if next_cursor is None:  # the round is complete; the next starts after the front
+                self.listing_pages = self._round_pages + 1
+                self._round_pages = 0
+                break
+            if stats.swept >= pages:
+                break
+        if not sweep.ordered:  # the listing is not ordered by activity after all: walk it all
+            self.ordered_by_activity = False
 
-    async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
+    async def _history(self, conversation: WhatsAppConversation) -> ConversationHistory | None:
         from famulor_provider.exceptions import FamulorConversationNotFoundError
 
         try:
-            history = await self.hook.aget_conversation(conversation.id)
+            return await self.hook.aget_conversation(conversation.id)
         except FamulorConversationNotFoundError:
             log.info("Conversation %s was deleted after the listing; skipped", conversation.id)
             return None
+
+    async def _read(self, conversation: WhatsAppConversation, seen: int) -> ConversationUpdate | None:
+        history = await self._history(conversation)
+        if history is None:
+            return None
         end = len(history.messages)
+        if conversation.message_count is None:
+            self._read_now(conversation)
+            if end < seen and conversation.id not in self.pending:
+                assert self.cursor is not None
+                self.cursor.cut(conversation.id, end)
+                seen = end
         if end <= seen:
             return None
         return ConversationUpdate(
@@ -292,10 +468,11 @@ class InboundPoller:
             customer_phone=history.customer_phone or conversation.customer_phone,
             customer_name=history.customer_name or conversation.customer_name,
             variables=history.variables if history.variables is not None else conversation.variables,
+            epoch=self.cursor.epoch(conversation.id) if self.cursor is not None else 0,
             messages=[
                 {"message_index": message.index, "text": message.content}
                 for message in history.messages[seen:end]
-                if message.role == "user"
+                if message.is_customer
             ],
         )
 
@@ -329,6 +506,7 @@ class InboundPoller:
         :param conversation_id: the update's conversation.
         """
         self.pending.pop(conversation_id, None)
+        self.activity.pop(conversation_id, None)  # listed without message_count: read it again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,8 +543,10 @@ class InboundProducer(_ProducerBase):
         stores: Callable[[], list[StateStore]],
         key_prefix: str,
         full_pass_every: int = DEFAULT_FULL_PASS_EVERY,
+        spread_full_pass: bool = True,
     ) -> None:
         self.famulor_conn_id = famulor_conn_id
+        self.spread_full_pass = spread_full_pass
         self.sender_phone = sender_phone
         self.customer_phone = customer_phone
         self.poll_interval = poll_interval
@@ -383,6 +563,7 @@ class InboundProducer(_ProducerBase):
             sender_phone=self.sender_phone,
             customer_phone=self.customer_phone,
             full_pass_every=self.full_pass_every,
+            spread_full_pass=self.spread_full_pass,
         )
 
     async def _wait_after(self, err: FamulorError) -> float:
@@ -423,7 +604,7 @@ class InboundProducer(_ProducerBase):
 
     async def open_stream(
         self,
-    ) -> AsyncIterator[tuple[ConversationUpdate, tuple[str, int, int]] | tuple[None, None]]:
+    ) -> AsyncIterator[tuple[ConversationUpdate, ConversationUpdate] | tuple[None, None]]:
         """Poll every ``poll_interval`` seconds; yield each update with its advance payload, then a tick."""
         poller = self.poller or await self.start()
         loop = asyncio.get_running_loop()
@@ -432,9 +613,9 @@ class InboundProducer(_ProducerBase):
             wait = self.poll_interval
             updates = 0
             try:
-                async for update in poller.poll():
+                async for update in poller.poll(budget=await self._poll_budget()):
                     updates += 1
-                    yield update, (update.conversation_id, update.start, update.end)
+                    yield update, update
             except FamulorError as err:
                 wait = await self._wait_after(err)
             # A tick: a subscriber resolves a raw event only when it pulls the next one, so the
@@ -449,7 +630,9 @@ class InboundProducer(_ProducerBase):
                 stats.reads,
                 updates,
                 elapsed,
-                " (stopped early: listing ordered by activity)" if stats.stopped_early else "",
+                f" (stopped early: listing ordered by activity; {stats.swept} page(s) of the sweep)"
+                if stats.stopped_early
+                else "",
             )
             wait = max(wait, await self._budgeted_interval(stats.pages + stats.reads))
             if elapsed > wait:
@@ -459,6 +642,12 @@ class InboundProducer(_ProducerBase):
                     wait,
                 )
             await asyncio.sleep(max(0.0, wait - elapsed))
+
+    async def _poll_budget(self) -> int:
+        """The requests one poll may make within its interval at the connection's budget."""
+        assert self.poller is not None
+        config = await self.poller.hook.aget_config()
+        return int(config.poll_requests_per_minute * self.poll_interval / 60.0)
 
     async def _budgeted_interval(self, requests: int) -> float:
         """The poll interval, stretched when one poll's requests exceed the connection's budget."""
@@ -470,19 +659,18 @@ class InboundProducer(_ProducerBase):
             self.famulor_conn_id, requests, self.poll_interval, config.poll_requests_per_minute
         )
 
-    def settle(self, payload: tuple[str, int, int], stored: bool) -> None:
+    def settle(self, update: ConversationUpdate, stored: bool) -> None:
         """
         Move the cursor over an update whose events were stored, or forget it so it is read again.
 
-        :param payload: the advance payload ``(conversation_id, start, end)``.
+        :param update: the update (its advance payload).
         :param stored: whether every event of the update was stored.
         """
         assert self.poller is not None
-        conversation_id, start, end = payload
         if stored:
-            self.poller.acknowledge(conversation_id, start, end)
+            self.poller.acknowledge(update.conversation_id, update.start, update.end)
         else:
-            self.poller.release(conversation_id)
+            self.poller.release(update.conversation_id)
 
     async def save(self) -> None:
         """Write what changed in the cursor (its journal, or a compaction) to every current store."""
@@ -493,13 +681,28 @@ class InboundProducer(_ProducerBase):
 
     async def advance(self, batch: Sequence[Any]) -> None:
         """
-        Airflow stored the events of these updates (``outcome.is_clean``), or did not: settle, save.
+        Airflow stored the events of these updates, or did not: settle, save.
+
+        An update counts as stored when it is clean (``outcome.is_clean``) *and* every subscriber
+        Airflow counts as having acknowledged it took all its events (:meth:`ConversationUpdate.handed_over`):
+        Airflow 3.3.2's ``unsubscribe`` also counts a subscriber cancelled while it still held
+        the update, before its remaining events were bound.
 
         :param batch: Airflow's ``AdvanceItem`` list, in fan-out order.
         """
         for item in batch:
-            if item.broker_payload is not None:  # None: the tick after a poll
-                self.settle(tuple(item.broker_payload), item.outcome.is_clean)
+            update = item.broker_payload
+            if update is None:  # the tick after a poll
+                continue
+            outcome = item.outcome
+            stored = outcome.is_clean and len(update.handovers) >= outcome.acked
+            if outcome.is_clean and not stored:
+                log.info(
+                    "An inbound watcher stopped before Airflow took every event of conversation %s: "
+                    "it is read again from the cursor",
+                    update.conversation_id,
+                )
+            self.settle(update, stored)
         try:
             await self.save()
         except Exception:

@@ -377,6 +377,28 @@ class FamulorHook(BaseHook):
                 return
             params = {**params, "cursor": cursor}
 
+    async def aget_conversation_page(
+        self,
+        cursor: str | None = None,
+        *,
+        max_retries: int | None = None,
+        **filters: Unpack[ConversationFilters],
+    ) -> tuple[list[WhatsAppConversation], str | None]:
+        """One page of ``GET /user/conversations``: its conversations and the ``next_cursor``.
+
+        A walk can stop after any page and resume later from the cursor it kept (the API's
+        cursors are keyset cursors: a page starts after the key of the previous page's last item).
+
+        :param cursor: where the page starts (``None``: the first page).
+        :param max_retries: retries of this page (default: the connection's).
+        :param filters: see :class:`ConversationFilters`.
+        """
+        params = _conversation_params(filters)
+        if cursor is not None:
+            params = {**params, "cursor": cursor}
+        payload = await self.arequest("GET", CONVERSATIONS_PATH, params=params, max_retries=max_retries)
+        return _conversations(payload), _next_cursor(payload, set())
+
     def list_conversations(
         self, *, max_retries: int | None = None, **filters: Unpack[ConversationFilters]
     ) -> list[WhatsAppConversation]:

@@ -588,7 +588,9 @@ DEFAULT_INBOUND_POLL_INTERVAL = 60.0
 # The asset state stores of the inbound triggers running in this process, by shared stream key
 # then trigger object: Airflow injects the store into the trigger instance, while the ack-mode
 # producer is built from serialized kwargs and cannot reach the instance (see the class doc).
-_inbound_stores: dict[Hashable, dict[int, Any]] = {}
+# Each entry holds the asyncio task that runs the trigger (Airflow's run_trigger): once it is
+# done, the store is no longer used, whether or not cleanup() ran.
+_inbound_stores: dict[Hashable, dict[int, tuple[Any, asyncio.Task[Any] | None]]] = {}
 
 
 def _asset_stores(accessors: Any) -> list[Any]:
@@ -606,10 +608,22 @@ def _asset_stores(accessors: Any) -> list[Any]:
 
 
 def _registered_stores(key: Hashable) -> list[Any]:
+    """The stores of the scope's triggers that are running now (stopped ones are dropped)."""
+    registered = _inbound_stores.get(key, {})
     stores: dict[Any, None] = {}  # insertion-ordered set; accessors of one asset compare equal
-    for accessors in list(_inbound_stores.get(key, {}).values()):
+    for instance, (accessors, task) in list(registered.items()):
+        if task is not None and task.done():
+            registered.pop(instance, None)
+            continue
         stores.update(dict.fromkeys(_asset_stores(accessors)))
     return list(stores)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 class WhatsAppInboundMessageTrigger(BaseEventTrigger):
@@ -620,8 +634,9 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
     only for a conversation whose ``message_count`` grew past the cursor; yields one
     ``TriggerEvent`` per new ``role: "user"`` message with ``conversation_id``, ``sender_phone``,
     ``sender_name``, ``customer_phone``, ``customer_name``, ``text``, ``message_index``,
-    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``). Messages that
-    existed when the watcher first started are history, not events.
+    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``, plus ``"@{n}"`` once
+    the conversation's history was seen cut ``n`` times). Messages that existed when the watcher
+    first started are history, not events.
 
     Airflow 3.3+ (the guarantee: no message lost; a duplicate only after a triggerer crash):
     the trigger opts into a shared stream in ack mode. Watchers of the same scope (connection,
@@ -688,11 +703,14 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         return f"famulor_inbound.{digest}"
 
     def shared_stream_key(self) -> Hashable:
-        """The scope; registers this instance's injected state store for the scope's producer."""
+        """The scope; registers this instance's injected state store for the scope's producer.
+
+        Airflow calls this in the task that runs the trigger: the store is used while that task runs.
+        """
         key = self.scope()
         store = getattr(self, "asset_state_store", None)
         if store is not None:
-            _inbound_stores.setdefault(key, {})[id(self)] = store
+            _inbound_stores.setdefault(key, {})[id(self)] = (store, _current_task())
         return key
 
     def _producer(self, stores: Callable[[], list[Any]]) -> InboundProducer:
@@ -715,23 +733,28 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
         return trigger._producer(lambda: _registered_stores(key))
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
-        """One event per customer message of each update (none for an update without one)."""
+        """One event per customer message of each update (none for an update without one).
+
+        Resumed after the update's last event, the filter marks the update handed over: the
+        runner bound every event before asking for more (a cancelled runner never asks).
+        """
         async for update in shared_stream:
             if update is None:  # the producer's tick after each poll
                 continue
             for payload in update.events():
                 yield TriggerEvent(payload)
+            update.handed_over()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Airflow 3.0 - 3.2: poll by itself; the cursor moves once the triggerer took the events."""
         store = getattr(self, "asset_state_store", None)
         producer = self._producer(lambda: [] if store is None else _asset_stores(store))
-        async for update, payload in producer.open_stream():
-            if update is None or payload is None:  # the tick after each poll
+        async for update, _ in producer.open_stream():
+            if update is None:  # the tick after each poll
                 continue
             for event in update.events():
                 yield TriggerEvent(event)
-            producer.settle(payload, stored=True)
+            producer.settle(update, stored=True)
             await producer.save()
 
     async def cleanup(self) -> None:

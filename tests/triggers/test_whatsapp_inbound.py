@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -371,9 +373,9 @@ def test_a_429_is_waited_out_as_retry_after_says(famulor_sandbox: Any, monkeypat
 @pytest.mark.parametrize(
     ("order", "costs"),
     [
-        # The first poll is a full pass (the order is proven by the baseline, but every third
-        # poll is full); the others stop after one page.
-        ordered("updated_desc", [(1, False, True), (1, False, True), (4, True, False), (1, False, True)]),
+        # Ordered by activity (proven by the baseline): each poll stops after the first page,
+        # then walks its share of the sweep (4 pages over 3 polls: 2 pages, then the last one).
+        ordered("updated_desc", [(3, False, True), (2, False, True), (3, False, True), (2, False, True)]),
         # Not ordered by activity: every poll walks every page.
         ordered("shuffled", [(4, True, False)] * 4),
     ],
@@ -413,3 +415,239 @@ def test_a_trigger_watching_several_assets_writes_the_cursor_to_each():
     assert stores == [AssetStateStoreAccessor(name="a"), AssetStateStoreAccessor(name="b")]
     single = FakeAssetStateStore()
     assert trigger_module._asset_stores(single) == [single]
+
+
+def cut_history(sandbox: Any, conversation_id: str, keep: int) -> None:
+    """The account deleted messages: the history is ``keep`` messages long now."""
+    with sandbox._lock:
+        conversation = sandbox._conversation_index.by_id[conversation_id]
+        del conversation.history[keep:]
+        sandbox._conversation_index.touch(conversation, time.time())
+
+
+def test_a_cut_history_and_a_restart_lose_nothing_and_never_reuse_a_dedupe_key(famulor_sandbox: Any):
+    customer = "+4915100000061"
+    cid = famulor_sandbox.receive(SENDER, customer, "old 0")["conversation_id"]
+    for n in range(1, 6):
+        famulor_sandbox.receive(SENDER, customer, f"old {n}")
+    store = FakeAssetStateStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = Triggerer()
+        first.start(trigger(), store)
+        await started(first, store)
+        famulor_sandbox.receive(SENDER, customer, "before the cut")  # message 6
+        await first.until(lambda: len(first.events) >= 1)
+        cut_history(famulor_sandbox, cid, 2)
+        await first.settle(polls=10)  # the cut is seen and the cursor written
+        await first.stop()
+        for n in range(5):
+            famulor_sandbox.receive(SENDER, customer, f"after the cut {n}")  # messages 2 - 6
+        second = Triggerer()
+        second.start(trigger(), store)
+        await second.until(lambda: len(second.events) >= 5)
+        await second.settle()
+        await second.stop()
+        return first.events, second.events
+
+    before, after = asyncio.run(scenario())
+    assert texts(before) == ["before the cut"]
+    assert texts(after) == [f"after the cut {n}" for n in range(5)]
+    assert [e["message_index"] for e in after] == [2, 3, 4, 5, 6]
+    keys = [e["dedupe_key"] for e in before + after]
+    assert len(set(keys)) == 6, keys  # "after the cut 4" is message 6 too, under another key
+    assert before[0]["dedupe_key"] == f"{cid}:6" and after[-1]["dedupe_key"] == f"{cid}:6@1"
+
+
+def test_a_stopped_watchers_store_is_never_used_by_a_later_watcher(famulor_sandbox: Any):
+    """Watcher A (asset 1) stops without reaching cleanup() (a second cancellation while Airflow's
+    run_trigger awaits unsubscribe in its finally, e.g. at shutdown); watcher B (asset 2, same
+    connection and sender) starts later in the same process on its own empty store."""
+    store_a, store_b = FakeAssetStateStore(), FakeAssetStateStore()
+
+    async def scenario() -> list[dict[str, Any]]:
+        first = Triggerer()
+        first.start(trigger(), store_a, trigger_id=1)
+        await started(first, store_a)
+        await first.stop()  # the harness never calls cleanup()
+        for n in range(5):
+            famulor_sandbox.receive(SENDER, f"+49151000008{n:02d}", f"written before B started {n}")
+        second = Triggerer()
+        second.start(trigger(), store_b, trigger_id=2)
+        await started(second, store_b)
+        famulor_sandbox.receive(SENDER, "+4915100000090", "after B started")
+        await second.until(lambda: len(second.events) >= 1)
+        await second.settle()
+        await second.stop()
+        assert any(key.endswith(".meta") for key in store_b.values)
+        return second.events
+
+    assert texts(asyncio.run(scenario())) == ["after B started"]
+
+
+def test_a_listing_without_message_count_reads_the_conversations_whose_updated_at_changed(
+    famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from famulor_provider.testing.conversation_index import Conversation
+
+    listing_item = Conversation.listing_item
+
+    def without_count(self: Conversation) -> dict[str, Any]:
+        item = listing_item(self)
+        del item["message_count"]  # optional in the answer's model
+        return item
+
+    monkeypatch.setattr(Conversation, "listing_item", without_count)
+    for phone, text in (("+4915100000101", "history, not an event"), ("+4915100000102", "quiet")):
+        cid = famulor_sandbox.add_conversation(SENDER, phone, history=[{"role": "user", "content": text}])
+        famulor_sandbox._conversation_index.by_id[cid].updated_at = time.time() - 3600  # last active before
+    store = FakeAssetStateStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[str]]:
+        triggerer = Triggerer()
+        triggerer.start(trigger(poll_interval=0.2), store)
+        await started(triggerer, store)
+        await triggerer.settle(polls=3, interval=0.2)
+        before = len(famulor_sandbox.requests)
+        famulor_sandbox.receive(SENDER, "+4915100000101", "new 1")
+        await triggerer.until(lambda: len(triggerer.events) >= 1)
+        await asyncio.sleep(1.1)  # updated_at has whole seconds
+        famulor_sandbox.receive(SENDER, "+4915100000101", "new 2")
+        famulor_sandbox.receive(SENDER, "+4915100000103", "a new customer")
+        await triggerer.until(lambda: len(triggerer.events) >= 3)
+        await triggerer.settle(polls=3, interval=0.2)
+        await triggerer.stop()
+        reads = [
+            r.path for r in famulor_sandbox.requests[before:] if r.path.startswith("/api/conversations/")
+        ]
+        return triggerer.events, reads
+
+    with caplog.at_level(logging.WARNING, logger="famulor_provider"):
+        events, reads = asyncio.run(scenario())
+    assert sorted(texts(events)) == ["a new customer", "new 1", "new 2"]
+    quiet = next(c["id"] for c in famulor_sandbox.conversations if c["customer"]["phone"] == "+4915100000102")
+    assert f"/api/conversations/{quiet}" not in reads  # unchanged: never read after the baseline
+    warnings = [r for r in caplog.records if "message_count" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_the_customers_role_is_compared_without_regard_to_case(famulor_sandbox: Any):
+    cid = famulor_sandbox.add_conversation(
+        SENDER, "+4915100000111", history=[{"role": "user", "content": "old"}]
+    )
+
+    async def scenario() -> list[str]:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        poller = InboundPoller(FamulorHook(), sender_phone=SENDER)
+        await poller.take_baseline()
+        with famulor_sandbox._lock:
+            conversation = famulor_sandbox._conversation_index.by_id[cid]
+            conversation.history += [
+                {"role": "User", "content": "capital U"},
+                {"role": "ASSISTANT", "content": "not the customer"},
+                {"role": "USER", "content": "all caps"},
+            ]
+            famulor_sandbox._conversation_index.touch(conversation, time.time())
+        return [event["text"] async for update in poller.poll() for event in update.events()]
+
+    assert asyncio.run(scenario()) == ["capital U", "all caps"]
+
+
+@pytest.mark.famulor_sandbox(conversation_order="updated_desc")
+def test_the_sweep_finds_a_change_the_front_misses_without_a_full_walk_in_any_poll(famulor_sandbox: Any):
+    """A listing that only seemed ordered (a count grew, updated_at did not move): the sweep, a full
+    pass spread over polls, finds it within one round, and no poll walks every page."""
+    phones = add_past_conversations(famulor_sandbox, "+49154", 950)  # 10 pages; phones[0] on the last
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        from famulor_provider.hooks.famulor import FamulorHook
+
+        poller = InboundPoller(FamulorHook(), sender_phone=SENDER, full_pass_every=5)
+        await poller.take_baseline()
+        with famulor_sandbox._lock:
+            quiet = famulor_sandbox._conversation_index.by_pair[(SENDER, phones[0])]
+            quiet.history.append({"role": "user", "content": "behind the front"})  # no touch
+        seen: list[str] = []
+        pages: list[int] = []
+        for _ in range(5):
+            async for update in poller.poll():
+                poller.acknowledge(update.conversation_id, update.start, update.end)
+                seen += [event["text"] for event in update.events()]
+            pages.append(poller.stats.pages)
+        return seen, pages
+
+    seen, pages = asyncio.run(scenario())
+    assert seen == ["behind the front"]
+    assert pages == [3, 3, 3, 3, 2]  # the front page, then 2 of the 9 others (the last poll: 1)
+
+
+class DyingStore(FakeAssetStateStore):
+    """A store whose triggerer dies at the ``die_at``-th write of the next compaction (counted from
+    its first bucket write): that write and every later one fail, as after a SIGKILL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.die_at: int | None = None
+        self.compaction_writes = 0
+        self.dead = False
+
+    def _write(self, key: str) -> None:
+        if self.die_at is None:
+            return
+        if self.compaction_writes or ".b" in key:
+            if self.dead or self.compaction_writes >= self.die_at:
+                self.dead = True
+                raise ConnectionError("the triggerer was killed")
+            self.compaction_writes += 1
+
+    async def aset(self, key: str, value: Any) -> None:
+        self._write(key)
+        await super().aset(key, value)
+
+    async def adelete(self, key: str) -> None:
+        self._write(key)
+        await super().adelete(key)
+
+
+@pytest.mark.parametrize("die_at", range(5))  # 2 buckets, the meta, 1 delete: every write, and none
+def test_a_kill_at_any_write_of_a_layout_change_replays_no_history_and_loses_nothing(
+    famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch, die_at: int
+):
+    from famulor_provider.conversations import inbound_cursor
+
+    # Small values, so that 120 conversations need 2 buckets and 30 moved ones a compaction.
+    monkeypatch.setattr(inbound_cursor, "BUCKET_TARGET", 2_400)
+    monkeypatch.setattr(inbound_cursor, "JOURNAL_LIMIT", 300)
+    add_past_conversations(famulor_sandbox, "+49155", 90)  # history: "hi" in each
+    store = DyingStore()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = Triggerer()
+        first.start(trigger(), store)
+        await started(first, store)
+        assert json.loads(store.values[next(k for k in store.values if k.endswith(".meta"))])["buckets"] == 1
+        store.die_at = die_at
+        for n in range(30):  # 30 new customers: the cursor grows to 120 conversations, 2 buckets
+            famulor_sandbox.receive(SENDER, f"+4915600000{n:03d}", f"new {n}")
+        await first.until(lambda: len(first.events) >= 30)
+        await first.until(lambda: store.dead or store.compaction_writes >= 4)
+        await first.kill()
+        store.die_at = None
+        second = Triggerer()
+        second.start(trigger(), store)
+        famulor_sandbox.receive(SENDER, "+4915700000001", "after the restart")
+        await second.until(lambda: "after the restart" in texts(second.events))
+        await second.settle()
+        await second.stop()
+        return first.events, second.events
+
+    before, after = asyncio.run(scenario())
+    assert sorted(texts(before)) == sorted(f"new {n}" for n in range(30))
+    assert "hi" not in texts(after)  # no history replayed
+    # The messages the stored cursor had not passed at the kill come once more, with the same
+    # dedupe_key (tests/conversations: the stored cursor is exactly the one before or after).
+    repeated = Counter(e["dedupe_key"] for e in after if e["text"] != "after the restart")
+    assert set(repeated) <= {e["dedupe_key"] for e in before} and set(repeated.values()) <= {1}
+    meta = json.loads(store.values[next(k for k in store.values if k.endswith(".meta"))])
+    assert meta["buckets"] == 2
