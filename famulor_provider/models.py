@@ -342,7 +342,7 @@ class WhatsAppMessage:
     template_id: int | None
     message_id: Any
     conversation_id: Any
-    whatsapp_message_id: str | None
+    whatsapp_message_id: int | None  # an integer per the docs; kept as the API answers it
     message_sid: str | None
     status: str | None
 

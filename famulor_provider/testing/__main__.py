@@ -9,11 +9,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from famulor_provider.testing.sandbox import DEFAULT_SEND_RATE_LIMIT, SANDBOX_API_KEY, FamulorSandbox
+from famulor_provider.testing.webhooks import SANDBOX_WEBHOOK_SECRET
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _sender_after(value: str) -> tuple[int, float]:
@@ -24,6 +28,16 @@ def _sender_after(value: str) -> tuple[int, float]:
         return int(sender_id), float(seconds)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ID=SECONDS, e.g. 31=60, not {value!r}") from None
+
+
+def _pair(example: str) -> Callable[[str], tuple[str, str]]:
+    def parse(value: str) -> tuple[str, str]:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise argparse.ArgumentTypeError(f"expected {example}, not {value!r}")
+        return key, rest
+
+    return parse
 
 
 def _rate(value: str) -> float:
@@ -142,6 +156,39 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="how long the customer takes to answer (default: 3)",
     )
+    serve.add_argument(
+        "--status-webhook",
+        type=_pair("SENDER_ID=URL"),
+        action="append",
+        default=[],
+        metavar="SENDER_ID=URL",
+        help="post the delivery receipts of the sender's messages to URL (repeatable)",
+    )
+    serve.add_argument(
+        "--webhook-secret",
+        type=_pair("SENDER_ID=SECRET"),
+        action="append",
+        default=[],
+        metavar="SENDER_ID=SECRET",
+        help=f"the sender's signing secret (repeatable; default {SANDBOX_WEBHOOK_SECRET!r})",
+    )
+    serve.add_argument(
+        "--recipient-outcome",
+        type=_pair("PHONE=OUTCOME"),
+        action="append",
+        default=[],
+        metavar="PHONE=OUTCOME",
+        help="what becomes of messages to PHONE: read (default), delivered, failed[:CODE] or "
+        "undelivered[:CODE], e.g. +4915100000001=failed:131049 (repeatable)",
+    )
+    serve.add_argument("--conversation-ended-url", metavar="URL", help="where ended conversations are posted")
+    serve.add_argument(
+        "--webhook-time-scale",
+        type=_rate,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiplies every webhook delay, Famulor's 30/60/120 s retries included (default: 1)",
+    )
     write = commands.add_parser("receive", help="make a customer write to a running sandbox")
     write.add_argument("--url", required=True, help="the sandbox, e.g. http://127.0.0.1:8080/api")
     write.add_argument("--sender-phone", required=True, help="the sender's phone_number, e.g. +14155551234")
@@ -164,11 +211,25 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             send_rate_limit=args.send_rate_limit or None,
             customer_reply=customer_reply,
+            webhook_time_scale=args.webhook_time_scale,
+            conversation_ended_url=args.conversation_ended_url,
         )
         for sender_id, seconds in args.sender_online_after:
             sandbox.schedule_sender(sender_id, seconds, status="online")
     except KeyError as exc:
         parser.error(f"--sender-online-after: unknown sender {exc}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        secrets = {int(sender_id): secret for sender_id, secret in args.webhook_secret}
+        for sender_id, url in args.status_webhook:
+            sandbox.set_status_webhook(
+                int(sender_id), url, secrets.get(int(sender_id), SANDBOX_WEBHOOK_SECRET)
+            )
+        for phone, outcome in args.recipient_outcome:
+            sandbox.set_recipient_outcome(phone, outcome)
+    except KeyError as exc:
+        parser.error(f"--status-webhook: unknown sender {exc}")
     except ValueError as exc:
         parser.error(str(exc))
 

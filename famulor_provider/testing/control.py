@@ -52,6 +52,15 @@ class ControlMixin(MessagingMixin):
         ``GET /_sandbox/conversations`` pages the ``conversations`` like the ledger;
         ``POST /_sandbox/conversations/receive`` takes ``receive``'s arguments, plus ``after_seconds``
         to schedule the message, and answers ``receive``'s result (or ``{"scheduled": true}``).
+
+        Webhooks: ``POST /_sandbox/webhooks/senders/<id>`` takes ``{"url", "secret"}`` (``url`` null
+        stops the receipts); ``POST /_sandbox/webhooks/outcomes`` takes ``{"recipient_phone",
+        "outcome"}`` (``read``, ``delivered``, ``failed[:<code>]``, ``undelivered[:<code>]``, null);
+        ``POST /_sandbox/webhooks/settings`` takes ``time_scale`` and/or ``conversation_ended_url``;
+        ``POST /_sandbox/webhooks/test`` takes ``{"sender_id"}`` (the test button);
+        ``POST /_sandbox/webhooks/conversation-ended`` takes ``end_conversation``'s arguments and
+        answers the body it posts; ``GET /_sandbox/webhooks/deliveries`` pages every webhook with its
+        attempts like the ledger.
         """
         ok = json_reply(200, {"ok": True})
         try:
@@ -80,6 +89,8 @@ class ControlMixin(MessagingMixin):
             if (method, path) == ("POST", "/_sandbox/sessions"):
                 self.open_session(**body)
                 return ok
+            if path.startswith("/_sandbox/webhooks/"):
+                return self._control_webhooks(method, path, query, body)
             match = re.fullmatch(r"/_sandbox/senders/(\d+)", path)
             if method == "POST" and match:
                 fields = dict(body)
@@ -93,6 +104,50 @@ class ControlMixin(MessagingMixin):
             return json_reply(404, {"message": f"Unknown sender {exc}"})
         except (TypeError, ValueError) as exc:
             return json_reply(400, {"message": str(exc)})
+        return json_reply(404, {"message": f"No sandbox control endpoint {method} {path}"})
+
+    def _control_webhooks(self, method: str, path: str, query: Query, body: Body) -> Reply:
+        """The ``/_sandbox/webhooks/...`` endpoints (see ``_control``); errors as ``_control``'s."""
+        ok = json_reply(200, {"ok": True})
+        if (method, path) == ("GET", "/_sandbox/webhooks/deliveries"):
+            since = int(query.get("since") or 0)
+            limit = None if query.get("limit") in (None, "") else int(query["limit"])
+            if since < 0 or (limit is not None and limit < 0):
+                raise ValueError("since and limit must be at least 0")
+            rows, total = self._webhooks.deliveries_since(since, limit)
+            return json_reply(
+                200, {"data": rows, "total": total, "next_since": min(since, total) + len(rows)}
+            )
+        if (method, path) == ("POST", "/_sandbox/webhooks/outcomes"):
+            phone = body.get("recipient_phone")
+            if not isinstance(phone, str) or not phone:
+                raise ValueError("recipient_phone must be a phone number in E.164 form")
+            self.set_recipient_outcome(phone, body.get("outcome"))
+            return ok
+        if (method, path) == ("POST", "/_sandbox/webhooks/settings"):
+            unknown = set(body) - {"time_scale", "conversation_ended_url"}
+            if unknown:
+                raise ValueError(f"unknown settings {sorted(unknown)}")
+            if "time_scale" in body:
+                self.webhook_time_scale = float(body["time_scale"])
+            if "conversation_ended_url" in body:
+                self.conversation_ended_url = body["conversation_ended_url"]
+            return ok
+        if (method, path) == ("POST", "/_sandbox/webhooks/test"):
+            try:
+                self.send_test_webhook(int(body.get("sender_id", -1)))
+            except KeyError:
+                return json_reply(404, {"message": f"No webhook URL for sender {body.get('sender_id')!r}"})
+            return ok
+        if (method, path) == ("POST", "/_sandbox/webhooks/conversation-ended"):
+            try:
+                return json_reply(200, self.end_conversation(**body))
+            except KeyError as exc:
+                return json_reply(404, {"message": f"Unknown conversation {exc}"})
+        match = re.fullmatch(r"/_sandbox/webhooks/senders/(\d+)", path)
+        if method == "POST" and match:
+            self.set_status_webhook(int(match.group(1)), **body)
+            return ok
         return json_reply(404, {"message": f"No sandbox control endpoint {method} {path}"})
 
 

@@ -26,10 +26,15 @@ from famulor_provider.testing.replies import (
     validation_error,
 )
 from famulor_provider.testing.state import SESSION_MINUTES, default_templates
+from famulor_provider.testing.webhooks import WebhooksMixin
 
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Iterable, Mapping
+
+
+WHATSAPP_MESSAGE_ID_OFFSET = 6000
+"""A send's ``whatsapp_message_id`` is its ``message_id`` plus this: two different integers, as in the API."""
 
 
 def format_limit(limit: int | None) -> str:
@@ -54,7 +59,7 @@ def with_formatted_limit(sender: dict[str, Any]) -> dict[str, Any]:
     return sender
 
 
-class MessagingMixin(ConversationsMixin, FaultsMixin):
+class MessagingMixin(ConversationsMixin, FaultsMixin, WebhooksMixin):
     """Senders and their templates (set up and changed by tests), and the routes that use them."""
 
     @property
@@ -245,11 +250,19 @@ class MessagingMixin(ConversationsMixin, FaultsMixin):
                 self._sessions[key] = time.time() + SESSION_MINUTES * 60
             assert content is not None
             conversation_id = self._record_send(sender, phone, recipient_name, content)
+            conversation = self._conversation_index.by_pair[(sender["phone_number"], phone)]
             message_id = self._next_message_id
             self._next_message_id += 1
+            # The documented answer: an integer whatsapp_message_id (the WhatsApp message record, not
+            # the conversation message record message_id); Meta's wamid is only in the receipts.
+            whatsapp_message_id = WHATSAPP_MESSAGE_ID_OFFSET + message_id
+            message_sid = f"SM{message_id:032x}"
+            meta_message_id = f"wamid.SANDBOX{message_id:012d}"
             self._record_message(
                 {
                     "message_id": message_id,
+                    "whatsapp_message_id": whatsapp_message_id,
+                    "meta_message_id": meta_message_id,
                     "conversation_id": conversation_id,
                     "kind": "freeform" if freeform else "template",
                     "sender_id": sender_id,
@@ -261,6 +274,15 @@ class MessagingMixin(ConversationsMixin, FaultsMixin):
                     "accepted_at": time.time(),
                 }
             )
+            self._queue_receipts(
+                sender,
+                phone,
+                whatsapp_message_id=whatsapp_message_id,
+                message_sid=message_sid,
+                meta_message_id=meta_message_id,
+                conversation_uuid=conversation.id,
+                assistant_id=conversation.assistant_id,
+            )
         fault = self._take_fault(FAULTS_AFTER_ACCEPT, path, phone)
         if fault is not None and (not self._wait(fault.delay) or fault.fault == "accept_then_drop"):
             return None  # billed, but the client never learns it
@@ -270,8 +292,8 @@ class MessagingMixin(ConversationsMixin, FaultsMixin):
                 "success": True,
                 "conversation_id": conversation_id,
                 "message_id": message_id,
-                "whatsapp_message_id": f"wamid.SANDBOX{message_id:012d}",
-                "message_sid": f"SM{message_id:032x}",
+                "whatsapp_message_id": whatsapp_message_id,
+                "message_sid": message_sid,
                 "status": "queued",
             },
         )

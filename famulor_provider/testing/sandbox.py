@@ -33,6 +33,7 @@ from famulor_provider.testing.state import (
     RecordedRequest,
     default_templates,
 )
+from famulor_provider.testing.webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -79,6 +80,10 @@ class FamulorSandbox(ControlMixin):
         ``text`` that many seconds later (see ``schedule_receive``).
     :param request_rate_limit: reads (GET requests) allowed per rolling minute before a 429 with
         ``Retry-After``; ``None`` (default) or 0: no limit. The attribute may change while running.
+    :param webhook_time_scale: multiplies every webhook delay (the status steps and Famulor's retries
+        after 30, 60 and 120 s): 0.01 runs the whole schedule in about 2 s. Webhooks go out only for
+        senders given a URL (``set_status_webhook``) and to ``conversation_ended_url``.
+    :param conversation_ended_url: where ``end_conversation`` posts by default.
     :param host: a loopback address to listen on.
     :param port: the port to listen on; 0 picks a free one.
     """
@@ -94,6 +99,8 @@ class FamulorSandbox(ControlMixin):
         sends_in_history: bool = True,
         customer_reply: tuple[str, float] | None = None,
         request_rate_limit: float | None = None,
+        webhook_time_scale: float = 1.0,
+        conversation_ended_url: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -129,6 +136,10 @@ class FamulorSandbox(ControlMixin):
         self._send_times: deque[float] = deque()
         self._read_times: deque[float] = deque()
         self._next_message_id = 1001
+        self._webhooks = WebhookDispatcher(webhook_time_scale)
+        self._status_webhooks: dict[int, tuple[str, str]] = {}
+        self._outcomes: dict[str, tuple[str, int | None]] = {}
+        self.conversation_ended_url = conversation_ended_url
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()  # wakes requests held by "delay" and "hang" faults
@@ -156,6 +167,7 @@ class FamulorSandbox(ControlMixin):
         )
         self._thread.daemon = True
         self._thread.start()
+        self._webhooks.start()
         log.debug("Famulor sandbox listening on %s", self.base_url)
         return self
 
@@ -171,6 +183,7 @@ class FamulorSandbox(ControlMixin):
         self._stopping.set()
         with self._lock:
             self._scheduled_receives.clear()
+        self._webhooks.stop()
         server.shutdown()
         server.server_close()
         if thread is not None:

@@ -29,7 +29,7 @@ MESSAGE = WhatsAppMessage(
     template_id=7,
     message_id=501,
     conversation_id=77,
-    whatsapp_message_id="wamid.1",
+    whatsapp_message_id=7001,
     message_sid="SM1",
     status="queued",
 )

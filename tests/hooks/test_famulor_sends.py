@@ -42,7 +42,7 @@ ACCEPTED = {
     "success": True,
     "conversation_id": 501,
     "message_id": 1001,
-    "whatsapp_message_id": "wamid.HBgM",
+    "whatsapp_message_id": 88412,
     "message_sid": "SM0123",
     "status": "queued",
 }
@@ -200,7 +200,7 @@ def test_send_template_body_and_message(hook: FamulorHook) -> None:
         template_id=1201,
         message_id=1001,
         conversation_id=501,
-        whatsapp_message_id="wamid.HBgM",
+        whatsapp_message_id=88412,
         message_sid="SM0123",
         status="queued",
     )

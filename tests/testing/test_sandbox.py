@@ -190,7 +190,7 @@ def test_send_template_is_accepted_and_billed(sandbox: FamulorSandbox) -> None:
         "success": True,
         "conversation_id": 501,
         "message_id": 1001,
-        "whatsapp_message_id": "wamid.SANDBOX000000001001",
+        "whatsapp_message_id": 7001,
         "message_sid": "SM" + format(1001, "032x"),
         "status": "queued",
     }
@@ -198,6 +198,8 @@ def test_send_template_is_accepted_and_billed(sandbox: FamulorSandbox) -> None:
     first_entry, second_entry = sandbox.ledger
     assert first_entry == {
         "message_id": 1001,
+        "whatsapp_message_id": 7001,
+        "meta_message_id": "wamid.SANDBOX000000001001",
         "conversation_id": 501,
         "kind": "template",
         "sender_id": 12,
