@@ -159,11 +159,24 @@ class ReceiptBook:
 
         ``after`` is inclusive and orders by time only, so the ids read at the cursor's time are
         kept to skip them on the next page; a page of one instant only is read again, larger.
+        Airflow 3.1's accessor is a plain list of every event of the asset (no time filter): it
+        is read whole and filtered here.
 
         :param accessor: ``context["inlet_events"][message_status_asset(conn_id)]``.
         :param since: the earliest time a receipt of these messages can have (UTC).
         """
         cursor = since if self.cursor is None or self.cursor < since else self.cursor
+        if not hasattr(accessor, "after"):  # Airflow 3.1: a list of every event of the asset
+            page = sorted(
+                (e for e in accessor if e.timestamp >= cursor and e.id not in self._cursor_ids),
+                key=lambda e: (e.timestamp, e.id),
+            )
+            for event in page:
+                self.add(event.extra)
+            if page:
+                self._move_cursor(page)
+            self.events += len(page)
+            return len(page)
         size, read = PAGE_SIZE, 0
         while True:
             page = list(accessor.after(cursor).ascending(True).limit(size))

@@ -23,6 +23,18 @@ DAGS = Path(__file__).parent / "dags" / "famulor_delivery_cases.py"
 PHONE = "+4915112345623"
 
 
+@pytest.fixture(autouse=True)
+def no_receipts_yet() -> None:
+    """Each test starts without receipts: the sandbox of every test numbers its messages alike."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, select
+
+    with create_session() as session:
+        assets = select(AssetModel.id).where(AssetModel.name == "famulor.famulor_default.message_status")
+        session.execute(delete(AssetEvent).where(AssetEvent.asset_id.in_(assets)))
+
+
 @pytest.fixture
 def in_background() -> Iterator[Callable[[Callable[[], None]], None]]:
     """Run a function in a thread while the DAG runs; its failure fails the test."""

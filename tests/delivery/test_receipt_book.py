@@ -105,3 +105,17 @@ def test_pages_lose_and_repeat_nothing_when_many_events_share_an_instant(
 def test_since_is_the_earliest_time_less_the_margin() -> None:
     assert since_for(["2026-03-01T09:10:00+00:00", T0, None]) == T0 - timedelta(minutes=5)
     assert since_for(["2026-03-01T09:00:00Z"]) == T0 - timedelta(minutes=5)
+
+
+def test_airflow_3_1s_plain_list_of_every_event_is_filtered_by_time() -> None:
+    events = events_of(
+        [
+            (T0 - timedelta(hours=1), receipt(1, "read")),  # before the send: another message's past
+            (T0, receipt(1, "sent")),
+            (T0 + timedelta(seconds=1), receipt(1, "delivered")),
+        ]
+    )
+    book = ReceiptBook([1])
+    assert book.read(list(events), T0) == 2
+    assert book.get(1).status == "delivered"  # type: ignore[union-attr]
+    assert book.read(list(events), T0) == 0  # nothing new

@@ -67,14 +67,15 @@ def deployment(tmp_path: Path, famulor_sandbox: Any) -> Iterator[AirflowDeployme
 def delivered_statuses(sandbox: Any) -> dict[str, str]:
     """``{phone: last status}`` of the receipts the receiver accepted (2xx), per message."""
     rank = {"sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
+    phone_of = {row["whatsapp_message_id"]: row["recipient_phone"] for row in sandbox.ledger}
     last: dict[str, str] = {}
     for delivery in sandbox.webhook_deliveries:
         if delivery["kind"] != "message_status" or delivery["state"] != "delivered":
             continue
-        body = json.loads(delivery["body"])
-        status = body["status"]
-        if rank[status] >= rank.get(last.get(body["to"], ""), 0):
-            last[body["to"]] = status
+        message_id, status = delivery["key"].split(":")
+        phone = phone_of[int(message_id)]
+        if rank[status] >= rank.get(last.get(phone, ""), 0):
+            last[phone] = status
     return last
 
 
