@@ -155,6 +155,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 # - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
 #   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
 #   most one extra per kill, same dedupe_key) consumed by a DAG run. About 4 minutes.
+# - Airflow 3.1+ only: a campaign of 200 whose receipts the sandbox posts to the api-server's
+#   webhook receiver; WhatsAppDeliverySensor, the delivery report (its counts equal what the
+#   sandbox delivered) and a fallback campaign to the failed ones only. About 2 minutes.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
 REDIS_SERVER ?= /usr/bin/redis-server
 SYSTEM_CELERY_PACKAGES := apache-airflow-providers-celery 'celery[redis]>=5.5,<5.7'

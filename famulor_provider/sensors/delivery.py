@@ -41,7 +41,8 @@ class WhatsAppDeliverySensor(BaseSensorOperator):
     Runs in ``reschedule`` mode by default: between pokes it holds no worker slot. It is not
     deferrable: a trigger cannot read asset events. Each poke reads the receipts recorded since
     the earliest send (5 minutes earlier, for clock differences), in pages of 1,000; in ``poke``
-    mode later pokes read only what is new.
+    mode later pokes read only what is new (Airflow 3.1 cannot filter by time: each poke reads
+    every event of the asset).
 
     Returns (XCom) ``until``, ``messages``, ``counts`` (per status, ``no_receipt`` included) and
     ``receipts``: per message ``whatsapp_message_id``, ``recipient`` (the number masked, e.g.
