@@ -39,13 +39,16 @@ if AIRFLOW_V_3_1_PLUS:  # Airflow 2.11: no webhook receiver, so no DAG here (the
         tags=["famulor", "whatsapp", "webhooks"],
     ):
 
-        @task(inlets=[ended])
+        @task(inlets=[ended], show_return_value_in_logs=False)  # the values are personal data
         def extracted_variables(
             triggering_asset_events: Any = None, inlet_events: Any = None
         ) -> list[dict[str, Any]]:
             events = list(triggering_asset_events[ended]) if triggering_asset_events else []
             if not events:  # started by hand: the latest ended conversation
-                events = list(inlet_events[ended].ascending(False).limit(1))
+                recorded = inlet_events[ended]  # Airflow 3.1: a list of every event, oldest first
+                events = (
+                    list(recorded.ascending(False).limit(1)) if hasattr(recorded, "limit") else recorded[-1:]
+                )
             seen: set[str] = set()
             conversations = []
             for event in events:

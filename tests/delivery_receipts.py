@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from famulor_provider.webhooks.assets import (
+    CONVERSATION_ENDED,
     EXTRA_DEDUPE_KEY,
     EXTRA_PAYLOAD,
     MESSAGE_STATUS,
     asset_name,
+    conversation_ended_dedupe_key,
     message_status_dedupe_key,
 )
 
@@ -44,14 +46,19 @@ def receipt(message_id: Any, status: str, to: str = "+4915112345623", **fields: 
 
 
 def record(
-    payloads: list[dict[str, Any]], conn_id: str = "famulor_default", timestamp: datetime | None = None
+    payloads: list[dict[str, Any]],
+    conn_id: str = "famulor_default",
+    timestamp: datetime | None = None,
+    kind: str = MESSAGE_STATUS,
 ) -> None:
-    """Commit one asset event per payload (``timestamp``: the same instant for all, else now)."""
+    """Commit one asset event per payload (``timestamp``: the same instant for all, else now) to
+    the ``kind`` asset (``message_status`` or ``conversation_ended``)."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    name = asset_name(conn_id, MESSAGE_STATUS)
+    name = asset_name(conn_id, kind)
+    dedupe_key = conversation_ended_dedupe_key if kind == CONVERSATION_ENDED else message_status_dedupe_key
     with create_session() as session:
         asset = session.scalar(select(AssetModel).where(AssetModel.name == name, AssetModel.uri == name))
         if asset is None:
@@ -59,7 +66,7 @@ def record(
             session.add(asset)
             session.flush()
         for payload in payloads:
-            extra = {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: message_status_dedupe_key(payload)}
+            extra = {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: dedupe_key(payload)}
             event = AssetEvent(asset_id=asset.id, extra=extra)
             if timestamp is not None:
                 event.timestamp = timestamp
