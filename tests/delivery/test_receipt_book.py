@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from airflow_harness import EXAMPLE_DAGS, airflow_version
 from delivery_receipts import receipt
 
 from famulor_provider.webhooks import receipts as receipts_module
@@ -119,3 +120,19 @@ def test_airflow_3_1s_plain_list_of_every_event_is_filtered_by_time() -> None:
     assert book.read(list(events), T0) == 2
     assert book.get(1).status == "delivered"  # type: ignore[union-attr]
     assert book.read(list(events), T0) == 0  # nothing new
+
+
+@pytest.mark.skipif(not airflow_version().startswith("2."), reason="Airflow 2 refuses; 3.1+ runs them")
+def test_airflow_2_refuses_the_sensor_and_the_report_clearly_and_the_examples_still_parse() -> None:
+    from airflow.models.dagbag import DagBag
+
+    from famulor_provider.operators.delivery import WhatsAppDeliveryReportOperator
+    from famulor_provider.sensors.delivery import WhatsAppDeliverySensor
+
+    with pytest.raises(RuntimeError, match=r"needs Airflow 3\.1 or later \(this is Airflow 2\."):
+        WhatsAppDeliverySensor(task_id="wait", after={"whatsapp_message_id": 1})
+    with pytest.raises(RuntimeError, match=r"needs Airflow 3\.1 or later"):
+        WhatsAppDeliveryReportOperator(task_id="report", campaign="/tmp/ledger.jsonl")
+    for name in ("famulor_whatsapp_delivery_fallback.py", "famulor_conversation_ended.py"):
+        bag = DagBag(dag_folder=str(EXAMPLE_DAGS / name), include_examples=False, safe_mode=False)
+        assert (bag.import_errors, bag.dags) == ({}, {})
