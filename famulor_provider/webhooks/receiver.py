@@ -8,7 +8,8 @@
 Each accepted webhook becomes one event of ``famulor.<conn_id>.message_status`` or
 ``famulor.<conn_id>.conversation_ended`` with ``extra`` ``{"payload", "dedupe_key"}``, committed to
 the metadata database before the 2xx: whatever fails before that gets no 2xx, so Famulor retries.
-An asset no DAG references yet is created (active), so no receipt is lost for want of a consumer.
+Receipts arriving together share one transaction (``recorder``). An asset no DAG references yet is
+created (active), so no receipt is lost for want of a consumer.
 
 Answers: 200 accepted (or a test event acknowledged); 400 not a JSON object; 401 wrong or missing
 signature or token; 404 no Famulor connection ``conn_id`` or nothing configured for this webhook;
@@ -38,10 +39,11 @@ from famulor_provider.webhooks.assets import (
     conversation_ended_dedupe_key,
     message_status_dedupe_key,
 )
+from famulor_provider.webhooks.recorder import EventRecorder
 from famulor_provider.webhooks.settings import SettingsCache, WebhookSettings
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ _CONN_ID = re.compile(r"[\w.-]{1,250}")  # what Airflow allows in a conn_id
 _TOKEN_IN_PATH = re.compile(r"(/webhooks/[^/]+/conversation-ended/)[^/]*")
 
 settings_cache = SettingsCache()
+recorder = EventRecorder()
 
 
 class Rejected(Exception):
@@ -76,23 +79,36 @@ def redact_path(path: str) -> str:
 
 
 class RedactTokenInPath:
-    """After the request, replace the token in ``scope["path"]`` with ``***``.
+    """Replace the token in the request's ``path`` and ``raw_path`` with ``***`` once it is routed.
 
-    Airflow's access log (``http.access``, a middleware on the api-server's root app) reads the path
-    from the same scope once the request is done; so the token never reaches that log line.
+    Access logs read the scope this app shares with the server: uvicorn's (Airflow 3.1) logs
+    ``raw_path`` when the answer starts, Airflow 3.3's ``http.access`` middleware logs ``path`` when
+    the request is done. The token is replaced before the answer starts, so neither sees it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+
+        async def send_redacted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _redact_scope(scope)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_redacted)
         finally:
-            if scope["type"] == "http":
-                scope["path"] = redact_path(scope["path"])
-                if scope.get("raw_path"):
-                    scope["raw_path"] = redact_path(scope["raw_path"].decode("latin-1")).encode("latin-1")
+            _redact_scope(scope)
+
+
+def _redact_scope(scope: Scope) -> None:
+    scope["path"] = redact_path(scope["path"])
+    if scope.get("raw_path"):
+        scope["raw_path"] = redact_path(scope["raw_path"].decode("latin-1")).encode("latin-1")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -182,51 +198,19 @@ def check_conversation_ended(payload: dict[str, Any]) -> None:
 
 
 def emit(name: str, payload: dict[str, Any], dedupe_key: str) -> None:
-    """Record one asset event (creating the asset when no DAG declared it yet) and commit it.
-
-    Airflow's own path for events from outside a task, as ``POST /api/v2/assets/events`` takes it:
-    ``AssetManager.register_asset_change`` in a session; it also queues the DAG runs it triggers.
+    """Record one asset event and return once it is committed (see ``recorder``).
 
     :param name: the asset's name (and URI).
     :param payload: the webhook's JSON.
     :param dedupe_key: the delivery's stable key.
     """
-    from sqlalchemy.exc import IntegrityError
-
-    for attempt in (1, 2):
-        try:
-            _emit_once(name, {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: dedupe_key})
-            return
-        except IntegrityError:
-            # Another request created the asset at the same moment: it exists now.
-            if attempt == 2:
-                raise
-
-
-def _emit_once(name: str, extra: dict[str, Any]) -> None:
-    from airflow.assets.manager import asset_manager
-    from airflow.models.asset import AssetActive, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session(scoped=False) as session:
-        asset = session.scalar(select(AssetModel).where(AssetModel.name == name, AssetModel.uri == name))
-        if asset is None:
-            asset = AssetModel(name=name, uri=name, group="asset", extra={})
-            session.add(asset)
-            session.flush()
-            session.add(AssetActive.for_asset(asset))
-            session.flush()
-            log.info("Created asset %s for Famulor's webhooks (no DAG declared it yet)", name)
-        event = asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
-        if event is None:
-            raise RuntimeError(f"Airflow did not record an event for asset {name}")
+    recorder.record(name, {EXTRA_PAYLOAD: payload, EXTRA_DEDUPE_KEY: dedupe_key})
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    return (SQLAlchemyError,)
+    return (SQLAlchemyError, TimeoutError)
 
 
 def handle_message_status(conn_id: str, raw: bytes, signature_header: str | None) -> dict[str, Any]:

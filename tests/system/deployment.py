@@ -104,6 +104,7 @@ class AirflowDeployment:
     :param executor: ``"local"`` (Local/SequentialExecutor) or ``"celery"``.
     :param workers: how many Celery workers (``executor="celery"`` only).
     :param triggerer: whether to start a triggerer (deferrable tasks need one; it costs CPU).
+    :param api_server_only: Airflow 3: the api-server alone (no scheduler, dag-processor, triggerer).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class AirflowDeployment:
         executor: str = "local",
         workers: int = 2,
         triggerer: bool = True,
+        api_server_only: bool = False,
     ) -> None:
         if executor not in ("local", "celery"):
             raise ValueError(f"unknown executor {executor!r}")
@@ -123,6 +125,7 @@ class AirflowDeployment:
         self.shared.mkdir(parents=True, exist_ok=True)
         self.executor = executor
         self.triggerer = triggerer
+        self.api_server_only = api_server_only
         self.worker_names = [f"worker{i}" for i in range(1, workers + 1)] if executor == "celery" else []
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stopped: set[str] = set()  # killed on purpose: not an early exit
@@ -198,7 +201,7 @@ class AirflowDeployment:
         :param env: more environment variables for this component only.
         :param program: the executable.
         """
-        with (self.home / f"{name}.log").open("wb") as log:
+        with (self.home / f"{name}.log").open("ab") as log:  # a restarted component appends
             self.processes[name] = subprocess.Popen(
                 [program, *args],
                 env={**self.env, **(env or {})},
@@ -213,7 +216,9 @@ class AirflowDeployment:
             self.start_redis()
         self.cli("db", "migrate")
         if AIRFLOW_3:
-            self.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port))
+            self.start_api_server()
+            if self.api_server_only:
+                return
             self.start("dag-processor", "dag-processor")
         # --skip-serve-logs: no log servers on every interface (fixed ports 8793/8794).
         self.start("scheduler", "scheduler", "--skip-serve-logs")
@@ -235,6 +240,31 @@ class AirflowDeployment:
                 "--without-mingle",
                 env={"FAMULOR_SYSTEM_WORKER": name},
             )
+
+    def start_api_server(self) -> None:
+        """Start (or restart) the Airflow 3 api-server on ``api_port``."""
+        self.stopped.discard("api-server")
+        self.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port))
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component's process group (as a crash would) and reap it.
+
+        :param name: the component (``api-server``, ``scheduler``...).
+        """
+        process = self.processes[name]
+        self.stopped.add(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def api_answers(self) -> bool:
+        """Whether the api-server answers (its health endpoint; the scheduler may not run)."""
+        url = f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status == 200
+        except (OSError, ValueError):
+            return False
 
     def start_redis(self) -> None:
         """Debian's redis-server on 127.0.0.1, in memory only, up once it answers PING."""

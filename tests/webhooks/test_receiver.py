@@ -354,19 +354,25 @@ def test_logs_mask_the_number_and_carry_no_secret_or_text(
         assert secret not in text
 
 
-def test_the_token_is_redacted_from_the_path_the_access_log_reads(unique_conn: str) -> None:
-    """The api-server's access log reads ``scope["path"]`` after the app returns: it sees ``***``."""
-    seen: list[str] = []
+def test_the_token_is_redacted_from_the_path_the_access_logs_read(unique_conn: str) -> None:
+    """uvicorn's access log (Airflow 3.1) reads ``raw_path`` when the answer starts, Airflow 3.3's
+    ``http.access`` reads ``path`` once the app returned: both see ``***`` instead of the token."""
+    seen: list[tuple[str, str]] = []
     app = create_app()
 
-    async def access_log(scope: dict, receive: Any, send: Any) -> None:  # as HttpAccessLogMiddleware
+    async def access_logs(scope: dict, receive: Any, send: Any) -> None:
+        async def uvicorn_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                seen.append(("uvicorn", scope["raw_path"].decode()))
+            await send(message)
+
         try:
-            await app(scope, receive, send)
+            await app(scope, receive, uvicorn_send)
         finally:
-            seen.append(scope["path"])
+            seen.append(("http.access", scope["path"]))
 
     receiver.settings_cache.clear()
-    with TestClient(access_log) as client:
+    with TestClient(access_logs) as client:
         assert (
             client.post(f"/webhooks/{unique_conn}/conversation-ended/{TOKEN}", json=ended()).status_code
             == 200
@@ -374,7 +380,8 @@ def test_the_token_is_redacted_from_the_path_the_access_log_reads(unique_conn: s
         assert (
             client.post(f"/webhooks/{unique_conn}/conversation-ended/wrong", json=ended()).status_code == 401
         )
-    assert seen == [f"/webhooks/{unique_conn}/conversation-ended/***"] * 2
+    redacted = f"/webhooks/{unique_conn}/conversation-ended/***"
+    assert seen == [("uvicorn", redacted), ("http.access", redacted)] * 2
     assert redact_path("/famulor/webhooks/c/message-status") == "/famulor/webhooks/c/message-status"
 
 
