@@ -32,7 +32,8 @@ class WhatsAppDeliveryReportOperator(BaseOperator):
 
     Returns (XCom) ``recipients``, ``statuses`` (counts), ``not_sent`` (counts), ``error_codes``
     (counts of the failures' provider codes), ``failed`` (up to 100 failures: masked number,
-    ``whatsapp_message_id``, status, code), ``fallback`` (how many rows the file has) and
+    ``whatsapp_message_id``, status, code), ``duplicates`` (receipts skipped because their
+    ``dedupe_key`` was seen already), ``fallback`` (how many rows the file has) and
     ``fallback_path``. Full numbers are only in the file (``0600``).
 
     :param campaign: the campaign operator's result (its ``ledger``) or the ledger's path/URI.
@@ -163,4 +164,10 @@ class WhatsAppDeliveryReportOperator(BaseOperator):
             ", ".join(sorted(fallback_on)),
             path,
         )
-        return {**report, "failed": failed, "fallback": written, "fallback_path": path}
+        return {
+            **report,
+            "failed": failed,
+            "duplicates": book.duplicates,
+            "fallback": written,
+            "fallback_path": path,
+        }

@@ -219,6 +219,7 @@ def test_a_campaign_is_awaited_and_reported_with_duplicates_ignored(
     assert report["statuses"] == counts
     assert report["not_sent"] == {"refused": 0, "rejected": 0, "unknown": 0}
     assert report["error_codes"] == {"63016": 3, "131049": 1}
+    assert report["duplicates"] == 10  # each of the first 10 receipts was recorded twice
     assert report["fallback"] == 4 and report["fallback_path"] == str(report_path)
     rows = [json.loads(line) for line in report_path.read_text().splitlines()]
     assert rows == [
