@@ -149,8 +149,8 @@ class WebhookDispatcher:
             self._cond.notify_all()
         if thread is not None:
             thread.join(timeout=5)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:  # an attempt in flight ends by its own timeout; stop() returns now
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def post(self, delivery: Delivery, after_seconds: float = 0.0) -> None:
         """Post ``delivery`` ``after_seconds`` (times ``time_scale``) from now.
