@@ -164,6 +164,31 @@ def test_a_failed_receipt_ends_the_sensor_at_once_with_the_provider_error(
     assert "error 63016" in error["message"] and PHONE not in error["message"]
 
 
+def test_a_mapped_sends_results_are_awaited_together(
+    run_dag: Any, famulor_sandbox: Any, in_background: Any
+) -> None:
+    def receipts() -> None:
+        rows = wait_for(lambda: len(famulor_sandbox.ledger) == 3 and famulor_sandbox.ledger)
+        record([receipt(row["whatsapp_message_id"], "delivered", row["recipient_phone"]) for row in rows[:2]])
+        time.sleep(1.5)  # two of three: still waiting
+        record([receipt(rows[2]["whatsapp_message_id"], "read", rows[2]["recipient_phone"])])
+
+    in_background(receipts)
+    started = time.monotonic()
+    result = run_dag(DAGS, "delivery_after_mapped_sends")
+
+    assert result.ti("wait").state == "success"
+    assert time.monotonic() - started >= 1.5
+    out = result.xcom("wait")
+    assert out["messages"] == 3
+    assert (out["counts"]["delivered"], out["counts"]["read"]) == (2, 1)
+    assert sorted(row["recipient"] for row in out["receipts"]) == [
+        "+49151****23",
+        "+49151****24",
+        "+49151****25",
+    ]
+
+
 def test_a_timeout_fails_and_soft_fail_skips(run_dag: Any) -> None:
     record([receipt(7001, "sent")])  # only "sent": never delivered
 

@@ -3,6 +3,7 @@ asset events in the real metadata DB while (or before) the DAG runs.
 
 ``delivery_after_send`` / ``delivery_after_send_read``: a real send to the sandbox, then
 ``WhatsAppDeliverySensor(after=...)`` in reschedule mode, until ``delivered`` / ``read``.
+``delivery_after_mapped_sends``: the sensor over a mapped send's three results.
 ``delivery_timeout`` / ``delivery_soft_timeout``: the sensor over one known message id with a
 1.5 s timeout, without and with ``soft_fail``.
 ``delivery_campaign``: a campaign of the ``CAMPAIGN`` recipients, the sensor over it with
@@ -86,6 +87,12 @@ for dag_id, until in (("delivery_after_send", "delivered"), ("delivery_after_sen
             timeout=60,
             retries=2,
         )
+
+with dag("delivery_after_mapped_sends"):
+    sends = SendWhatsAppTemplateOperator.partial(
+        task_id="send", sender_id=12, template_name="order_update", variables={"1": "A-1"}
+    ).expand(recipient_phone=[PHONE, "+4915112345624", "+4915112345625"])
+    WhatsAppDeliverySensor(task_id="wait", after=sends.output, poke_interval=0.5, timeout=60)
 
 for dag_id, soft_fail in (("delivery_timeout", False), ("delivery_soft_timeout", True)):
     with dag(dag_id):
