@@ -174,6 +174,9 @@ test-ui: chromium $(foreach line,$(UI_AIRFLOW_VERSIONS),$(call venv_dir,$(line))
 # - Airflow 3.3+ only: the famulor_whatsapp_inbound example DAG; the sandbox's customers write while
 #   the triggerer is SIGKILLed and restarted three times; every message has an asset event (at
 #   most one extra per kill, same dedupe_key) handled by a successful DAG run. About 4 minutes.
+# - Airflow 3.1+ only: a campaign of 200 whose receipts the sandbox posts to the api-server's
+#   webhook receiver; WhatsAppDeliverySensor, the delivery report (its counts equal what the
+#   sandbox delivered) and a fallback campaign to the failed ones only. About 2 minutes.
 SYSTEM_AIRFLOW_VERSIONS ?= $(AIRFLOW_VERSIONS)
 REDIS_SERVER ?= /usr/bin/redis-server
 
@@ -197,8 +200,13 @@ test-system: $(if $(filter latest,$(SYSTEM_AIRFLOW_VERSIONS)),redis-server) \
 
 # demo: the sandbox (or the real API with FAMULOR_API_KEY), the example DAGs with `airflow dags
 # test` on .airflow/latest/, then what reached XCom. The sandbox's customer answers YES 3 s after
-# each send (famulor_whatsapp_confirmation waits for it and prints the branch it took). The
-# sandbox is stopped by PID on exit.
+# each send (famulor_whatsapp_confirmation waits for it and prints the branch it took). For the
+# webhook DAGs an api-server (one worker) with the provider's receiver plugin listens on
+# 127.0.0.1: the sandbox posts its signed delivery receipts there (+14155550113 fails with 131049,
+# +14155550114 is never delivered; delays x0.2) and one ended conversation, which the receiver
+# records as asset events; famulor_whatsapp_delivery_fallback waits for them (15 s at most) and
+# falls back for the two, famulor_conversation_ended reads the ended conversation. The sandbox and
+# the api-server are stopped by PID (the api-server's process group) on exit.
 define PRINT_XCOM
 import json, sqlite3, sys
 db, dag_id = sys.argv[1], sys.argv[2]
@@ -247,18 +255,39 @@ demo: .airflow/latest/airflow.db
 		dags="famulor_whatsapp_senders"; \
 	else \
 		port_file=$$(mktemp); rm -f $$port_file; \
+		api_port=$$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+		token=$$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+		hooks=http://127.0.0.1:$$api_port/famulor/webhooks/famulor_default; \
 		.venv/bin/python -m famulor_provider.testing serve --port 0 --port-file $$port_file \
-			--customer-reply YES --customer-reply-after 3 >$$home/sandbox.log 2>&1 & pid=$$!; \
-		trap 'kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; rm -f $$port_file' EXIT; \
+			--customer-reply YES --customer-reply-after 3 \
+			--status-webhook 12=$$hooks/message-status --webhook-time-scale 0.2 \
+			--recipient-outcome +14155550113=failed:131049 --recipient-outcome +14155550114=sent \
+			--conversation-ended-url $$hooks/conversation-ended/$$token >$$home/sandbox.log 2>&1 & pid=$$!; \
+		trap 'kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; rm -f $$port_file; \
+			if [ -n "$${api_pid:-}" ]; then kill -- -$$api_pid 2>/dev/null || true; wait $$api_pid 2>/dev/null || true; fi' EXIT; \
 		for _ in $$(seq 100); do [ -s $$port_file ] && break; sleep 0.1; done; \
 		[ -s $$port_file ] || { echo "sandbox did not start"; cat $$home/sandbox.log; exit 1; }; \
 		port=$$(cat $$port_file); echo "Sandbox (PID $$pid) on http://127.0.0.1:$$port/api"; \
-		export AIRFLOW_CONN_FAMULOR_DEFAULT="{\"conn_type\": \"famulor\", \"host\": \"http://127.0.0.1:$$port/api\", \"password\": \"sandbox-api-key\"}"; \
+		export AIRFLOW_CONN_FAMULOR_DEFAULT="{\"conn_type\": \"famulor\", \"host\": \"http://127.0.0.1:$$port/api\", \"password\": \"sandbox-api-key\", \"extra\": {\"webhook_signing_secrets\": \"sandbox-webhook-signing-secret\", \"webhook_token\": \"$$token\"}}"; \
+		$(call airflow_env,latest) setsid .venv/bin/airflow api-server --host 127.0.0.1 --port $$api_port --workers 1 \
+			>$$home/api-server.log 2>&1 & api_pid=$$!; \
+		echo "api-server with the webhook receiver (PID $$api_pid) on http://127.0.0.1:$$api_port"; \
 		rm -f $$home/ledger.since; \
-		dags="famulor_whatsapp_senders famulor_whatsapp_campaign famulor_whatsapp_per_recipient famulor_alert_on_failure famulor_whatsapp_confirmation"; \
-		export FAMULOR_EXAMPLE_POKE_INTERVAL=1; \
+		dags="famulor_whatsapp_senders famulor_whatsapp_campaign famulor_whatsapp_per_recipient famulor_alert_on_failure famulor_whatsapp_confirmation famulor_whatsapp_delivery_fallback famulor_conversation_ended"; \
+		export FAMULOR_EXAMPLE_POKE_INTERVAL=1 FAMULOR_EXAMPLE_DELIVERY_TIMEOUT=15; \
 	fi; \
 	for dag in $$dags; do \
+		if [ -n "$${api_pid:-}" ] && [ "$$dag" = famulor_whatsapp_delivery_fallback ]; then \
+			for _ in $$(seq 180); do curl -fs http://127.0.0.1:$$api_port/api/v2/monitor/health >/dev/null && break; sleep 0.5; done; \
+			curl -fs http://127.0.0.1:$$api_port/api/v2/monitor/health >/dev/null \
+				|| { echo "api-server did not start"; tail -30 $$home/api-server.log; exit 1; }; \
+		fi; \
+		if [ -n "$${api_pid:-}" ] && [ "$$dag" = famulor_conversation_ended ]; then \
+			echo "--- the sandbox ends the conversation with +14155550111 (its webhook goes to the receiver) ---"; \
+			curl -fs -X POST http://127.0.0.1:$$port/_sandbox/webhooks/conversation-ended -H 'Content-Type: application/json' \
+				-d '{"sender_phone": "+14155551234", "customer_phone": "+14155550111", "extracted_variables": {"order": "A-2001", "delivery_day": "Tuesday", "wants_callback": true}}' >/dev/null; \
+			sleep 2; \
+		fi; \
 		echo "=== airflow dags test $$dag ==="; \
 		$(call airflow_env,latest) .venv/bin/airflow dags test $$dag >$$home/demo-$$dag.log 2>&1 \
 			|| { tail -50 $$home/demo-$$dag.log; exit 1; }; \

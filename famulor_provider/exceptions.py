@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -160,6 +160,42 @@ class FamulorLedgerMissingError(FamulorError):
 class FamulorLedgerConflictError(FamulorError):
     """Another process wrote to a campaign's ledger while this try held it (a lock that does not
     hold across hosts): this try sends nothing more; a later try resumes from the ledger."""
+
+
+# -- delivery receipts ---------------------------------------------------------------------------
+
+
+class FamulorDeliveryFailedError(FamulorError, AirflowFailException):
+    """A message sent earlier was reported ``failed`` or ``undelivered`` by its delivery receipt.
+
+    Never retried: the receipt is final, a retry would read the same one.
+
+    :param whatsapp_message_id: the message (the id its send answered).
+    :param status: ``failed`` or ``undelivered``.
+    :param error_code: the provider's error code (e.g. ``63016``), when given.
+    :param error_description: the provider's description (or its ``error_message``), when given.
+    :param recipient: the recipient's number, masked.
+    :param failed: how many of the awaited messages had failed when this was raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        whatsapp_message_id: Any,
+        status: str,
+        error_code: Any = None,
+        error_description: str | None = None,
+        recipient: str | None = None,
+        failed: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.whatsapp_message_id = whatsapp_message_id
+        self.status = status
+        self.error_code = error_code
+        self.error_description = error_description
+        self.recipient = recipient
+        self.failed = failed
 
 
 # -- errors carried in trigger events --------------------------------------------------------------

@@ -77,9 +77,20 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": "Famulor", "python-modules": ["famulor_provider.hooks.famulor"]}],
         "operators": [
-            {"integration-name": "Famulor", "python-modules": ["famulor_provider.operators.whatsapp"]}
+            {
+                "integration-name": "Famulor",
+                "python-modules": [
+                    "famulor_provider.operators.whatsapp",
+                    "famulor_provider.operators.delivery",
+                ],
+            }
         ],
-        "sensors": [{"integration-name": "Famulor", "python-modules": ["famulor_provider.sensors.whatsapp"]}],
+        "sensors": [
+            {
+                "integration-name": "Famulor",
+                "python-modules": ["famulor_provider.sensors.whatsapp", "famulor_provider.sensors.delivery"],
+            }
+        ],
         "triggers": [
             {"integration-name": "Famulor", "python-modules": ["famulor_provider.triggers.whatsapp"]}
         ],

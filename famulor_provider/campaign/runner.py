@@ -307,7 +307,8 @@ class CampaignRunner:
         if error is None:
             message = future.result()
             self.connect_failures = 0
-            self._outcome(phone, SENT, message_id=message.message_id, status=message.status)
+            # The ledger's message_id is the whatsapp_message_id: the id delivery receipts name.
+            self._outcome(phone, SENT, message_id=message.whatsapp_message_id, status=message.status)
             return
         if isinstance(error, FamulorDeliveryUnknownError):
             self._outcome(phone, UNKNOWN, error_code=error.error_code, error=error)

@@ -55,7 +55,9 @@ class FiveInFlightThen429:
         if first_five:
             self.barrier.wait(timeout=10)
             raise FamulorRateLimitError("429", retry_after=self.retry_after)
-        return SimpleNamespace(message_id=len(self.calls), status="queued")
+        return SimpleNamespace(
+            message_id=len(self.calls), whatsapp_message_id=900 + len(self.calls), status="queued"
+        )
 
 
 def all_answered(hook: FiveInFlightThen429, runner: CampaignRunner) -> None:

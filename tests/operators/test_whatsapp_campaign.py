@@ -146,11 +146,13 @@ def test_everyone_is_sent_once_at_most_five_per_second(
     times = sorted(row["accepted_at"] for row in ledger)
     assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[5:], strict=False))
     assert [r.status for r in requests if r.method == "POST"] == [200] * 7
-    # The campaign ledger holds what the API answered.
+    # The campaign ledger holds what the API answered: its message_id is the integer
+    # whatsapp_message_id, the id the delivery receipts name.
     records = {r["recipient_phone"]: r for r in read_campaign_ledger(summary["ledger"])}
     assert {p: (r["outcome"], r["attempts"], r["message_id"]) for p, r in records.items()} == {
-        row["recipient_phone"]: ("sent", 1, row["message_id"]) for row in ledger
+        row["recipient_phone"]: ("sent", 1, row["whatsapp_message_id"]) for row in ledger
     }
+    assert all(isinstance(r["message_id"], int) for r in records.values())
     # Its identity is the task instance's, never the try's.
     header = next(iter_ledger_events(summary["ledger"]))
     assert {k: header[k] for k in ("type", "dag_id", "run_id", "task_id", "map_index", "template_id")} == {
