@@ -182,6 +182,7 @@ class CampaignRunner:
             self._loop(in_flight, again, source)
         finally:
             hook_log.removeFilter(hook_filter)
+        self.ledger.flush()  # the outcomes a store holds back for its next write
         self._progress(final=True)
 
     def _loop(
