@@ -150,6 +150,9 @@ class CampaignRunner:
         self.window_sends = max(1, int(settings.max_sends_per_second))
         self.window = self.window_sends / settings.max_sends_per_second
         self.answered: deque[list[float | None]] = deque(maxlen=self.window_sends)
+        # How long recording an attempt takes (smoothed): the window's wait ends that much earlier,
+        # so a slow ledger write (an S3 request) overlaps the wait instead of adding to it.
+        self.attempt_seconds = 0.0
         self.workers = max(2, min(POOL_SIZE, round(settings.max_sends_per_second)))
         self.hold_until = 0.0  # no send before this time (429 holds)
         self.phone_for_log: Callable[[Any], str] = mask_phone
@@ -206,7 +209,7 @@ class CampaignRunner:
                         continue
                     while len(in_flight) >= self.workers:
                         self._collect(in_flight, again, block=True)
-                    self._wait_for_window()
+                    self._wait_for_window(ahead=self.attempt_seconds)
                     self._wait_for_hold()
                     self.pacer.wait("campaign", self.sleep)
                     # Answers that came while waiting may stop, pause or hold the campaign (402,
@@ -216,7 +219,10 @@ class CampaignRunner:
                     if (self.generation, self.rate_limited) != before:
                         again.appendleft(recipient)
                         continue
+                    written = self.clock()
                     self.ledger.record_attempt(phone)  # durable before the POST
+                    self.attempt_seconds += 0.3 * (self.clock() - written - self.attempt_seconds)
+                    self._wait_for_window()  # in case the write was quicker than that
                     answered: list[float | None] = [None]
                     self.answered.append(answered)
                     future = pool.submit(self._send, recipient, answered)
@@ -241,18 +247,20 @@ class CampaignRunner:
         finally:
             answered[0] = self.clock()
 
-    def _wait_for_window(self) -> None:
+    def _wait_for_window(self, ahead: float = 0.0) -> None:
         """Keep any window of the API's limit free of more than ``window_sends`` sends.
 
         The API counted each send at some time before its answer, so one window after the answer
         to the send ``window_sends`` back is safe. A send still unanswered (a slow answer) does not
         hold the campaign: the pacer's spacing is all that applies then.
+
+        :param ahead: end the wait this many seconds early (the time the ledger write takes).
         """
         if len(self.answered) < self.window_sends:
             return
         answered = self.answered[0][0]
         if answered is not None:
-            delay = answered + self.window - self.clock()
+            delay = answered + self.window - ahead - self.clock()
             if delay > 0:
                 self.sleep(delay)
 
