@@ -79,6 +79,9 @@ class LedgerStore(ABC):
 class ObjectStore(ABC):
     """What an object log needs from a bucket: create-only writes, ordered listing, reads."""
 
+    parallel_reads = 8
+    """How many objects a try may read at once when it loads the log."""
+
     @abstractmethod
     def uri(self, key: str) -> str:
         """``key`` as users name it (``s3://bucket/key``)."""

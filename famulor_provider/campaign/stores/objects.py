@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 POSITION_DIGITS = 10
 _POSITION = re.compile(rf"(\d{{{POSITION_DIGITS}}})\.jsonl")
-READ_THREADS = 8  # objects read at once when a try loads the log (botocore pools 10 connections)
 
 
 class ObjectLedgerStore(LedgerStore):
@@ -77,7 +76,7 @@ class ObjectLedgerStore(LedgerStore):
     def read(self) -> Iterator[bytes]:
         keys = self.positions()
         self._next = len(keys)
-        with ThreadPoolExecutor(min(READ_THREADS, max(1, len(keys)))) as pool:
+        with ThreadPoolExecutor(min(self.objects.parallel_reads, max(1, len(keys)))) as pool:
             for start in range(0, len(keys), 1024):  # bounded: a few MB held at once
                 for data in pool.map(self.objects.read, keys[start : start + 1024]):
                     yield from data.splitlines(keepends=True)

@@ -62,6 +62,10 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.conn_id = conn_id
         self.client = client if client is not None else s3_client(conn_id)
+        # As many reads at once as the client keeps connections (botocore: 10, or the connection's
+        # extra {"config_kwargs": {"max_pool_connections": N}}), less two for the writes.
+        pool = getattr(getattr(self.client, "meta", None), "config", None)
+        self.parallel_reads = max(1, int(getattr(pool, "max_pool_connections", 10) or 10) - 2)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
