@@ -1,6 +1,6 @@
 """Benchmark: a campaign's pace and S3 requests with its ledger on S3, against the POSIX ledger.
 
-One command, two campaigns of ``--recipients`` (250) each through
+One command, two campaigns of ``--recipients`` (200) each through
 ``SendWhatsAppCampaignOperator.execute`` in this process, against the sandbox in its own process
 with the API's send limit on (``--rate``, 5/s) and the campaign at the same pace:
 
@@ -15,10 +15,10 @@ recipients at S3 Standard's request prices (us-east-1: PUT/LIST $0.005 per 1,000
 per 1,000; the price list as published in 2025). Then the ratio S3 / POSIX. Exits non-zero on a
 duplicate or a recipient not billed.
 
-1,000 recipients at 5/s would take 200 s per ledger; 250 keep the command under two minutes and
-still measure 249 intervals at the steady pace. ``--recipients 1000`` runs the full size.
+1,000 recipients at 5/s would take 200 s per ledger; 200 keep the command under two minutes and
+still measure 199 intervals at the steady pace. ``--recipients 1000`` runs the full size.
 
-Usage: ``python benchmarks/campaign_s3.py [--recipients 250] [--rate 5] [--delay 0.05]``
+Usage: ``python benchmarks/campaign_s3.py [--recipients 200] [--rate 5] [--delay 0.05]``
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def campaign(name: str, ledger_path: str, prefix: int, count: int, rate: float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipients", type=int, default=250)
+    parser.add_argument("--recipients", type=int, default=200)
     parser.add_argument("--rate", type=float, default=5.0, help="the API's limit and the campaign's pace")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds added to every S3 request")
     parser.add_argument("--serve-s3", type=Path, help=argparse.SUPPRESS)  # the child's port file
