@@ -385,18 +385,32 @@ class CampaignLedger:
         :raises FamulorLedgerConflictError: another process wrote to the ledger during this try.
         :raises FamulorError: the phone was already sent or rejected, or the ledger cannot be written.
         """
-        state = self._state.get(phone)
-        if state in (SENT, REJECTED):
-            raise FamulorError(
-                f"{phone} was already {state} according to the ledger {self.path}; not sending again"
-            )
+        self.record_attempts([phone])
+
+    def record_attempts(self, phones: list[str]) -> None:
+        """:meth:`record_attempt` for the sends that go out together, in one write.
+
+        Each one is in flight from here on: a try that dies before sending them leaves them
+        ``unknown``, so group no more than the sends that may be in flight at once.
+
+        :param phones: normalized phones, none of them sent or rejected.
+        """
+        for phone in phones:
+            state = self._state.get(phone)
+            if state in (SENT, REJECTED):
+                raise FamulorError(
+                    f"{phone} was already {state} according to the ledger {self.path}; not sending again"
+                )
         self._check_open()
         self.store.check()
-        self._write({"type": "attempt", "recipient_phone": phone, "at": _now()})
-        self._set(phone, IN_FLIGHT)
+        lines = [_line({"type": "attempt", "recipient_phone": phone, "at": _now()}) for phone in phones]
+        self.store.append(lines)
+        for phone in phones:
+            self._set(phone, IN_FLIGHT)
         if self.store.fenced:
-            # Someone wrote between the check and this line: do not send it after all.
-            self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
+            # Someone wrote between the check and these lines: do not send them after all.
+            for phone in phones:
+                self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
             raise self.store.conflict()
 
     def record_outcome(

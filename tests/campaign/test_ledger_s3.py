@@ -211,3 +211,65 @@ def test_without_the_amazon_provider_the_error_names_the_extra(
     monkeypatch.setitem(sys.modules, "airflow.providers.amazon.aws.hooks.s3", None)
     with pytest.raises(FamulorValidationError, match=r"airflow-provider-famulor\[amazon\]"):
         open_ledger()
+
+
+# -- grouping: the sends that go out together share one write ------------------------------------------
+
+
+def fast_campaign(phones: list[str], try_number: int = 1) -> dict[str, Any]:
+    """A campaign at 20 sends/s through ``execute``, the connections from the environment."""
+    from types import SimpleNamespace
+
+    from famulor_provider.operators.whatsapp import SendWhatsAppCampaignOperator
+
+    operator = SendWhatsAppCampaignOperator(
+        task_id="send",
+        sender_id=12,
+        template_id=1201,
+        recipients=[{"recipient_phone": phone} for phone in phones],
+        ledger_path=LEDGER_PATH,
+        max_sends_per_second=20,
+    )
+    ti = SimpleNamespace(**IDENTITY, map_index=-1, try_number=try_number)
+    return dict(operator.execute({"ti": ti}))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def slow_s3(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Proxy, Any]]:
+    """100 ms per S3 request, and the sandbox without its limit: at 20 sends/s (one every 50 ms)
+    one write per send could not keep up."""
+    from famulor_provider.testing import FamulorSandbox
+
+    with S3Proxy(s3.url, delay=0.1) as proxy, FamulorSandbox(send_rate_limit=None) as sandbox:
+        for name, value in {**aws_conn_env(proxy.url), **sandbox.env()}.items():
+            monkeypatch.setenv(name, value)
+        yield proxy, sandbox
+
+
+def objects(s3: S3Server) -> Iterator[list[dict[str, Any]]]:
+    client = s3.client()
+    for key in keys(s3):
+        yield [
+            json.loads(line) for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().splitlines()
+        ]
+
+
+def test_at_a_pace_faster_than_a_write_the_attempts_of_sends_that_go_out_together_share_one(
+    s3: S3Server, slow_s3: tuple[S3Proxy, Any]
+) -> None:
+    proxy, sandbox = slow_s3
+    phones = [f"+1415800{n:04d}" for n in range(40)]
+
+    summary = fast_campaign(phones)
+
+    assert summary["sent"] == 40 and sorted(row["recipient_phone"] for row in sandbox.ledger) == phones
+    assert proxy.requests["PUT"] < 30  # 40 sends, plus the header, the probe and the last outcomes
+    in_flight: set[str] = set()
+    group_sizes = []
+    for events in objects(s3):
+        attempts = [e["recipient_phone"] for e in events if e["type"] == "attempt"]
+        in_flight -= {e["recipient_phone"] for e in events if e["type"] == "outcome"}
+        in_flight |= set(attempts)
+        group_sizes.append(len(attempts))
+        assert len(in_flight) <= 16  # never more ahead than the in-flight window
+    assert max(group_sizes) >= 2 and sum(group_sizes) == 40

@@ -8,9 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from famulor_provider.campaign.ledger import CampaignLedger
-from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings
-from famulor_provider.exceptions import FamulorRateLimitError
+import pytest
+
+from famulor_provider.campaign.ledger import CampaignLedger, read_campaign_ledger
+from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings, CampaignStopped
+from famulor_provider.exceptions import FamulorInsufficientBalanceError, FamulorRateLimitError
 
 PHONES = [f"+1415555{n:04d}" for n in range(5)]
 
@@ -100,3 +102,65 @@ def test_a_hold_is_capped_at_60_seconds(tmp_path: Path) -> None:
 
     last_in_flight = max(at for _, at in hook.calls[:5])
     assert 60.0 <= min(at for _, at in hook.calls[5:]) - last_in_flight < 60.1
+
+
+class SlowWrites:
+    """A ledger whose every write takes ``seconds`` of the fake clock (a store 100 ms away)."""
+
+    def __init__(self, ledger: CampaignLedger, clock: FakeClock, seconds: float) -> None:
+        self.ledger, self.clock, self.seconds = ledger, clock, seconds
+        self.groups: list[list[str]] = []
+
+    def record_attempts(self, phones: list[str]) -> None:
+        self.groups.append(list(phones))
+        with self.clock.lock:
+            self.clock.now += self.seconds
+        self.ledger.record_attempts(phones)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+
+class BalanceRunsOut:
+    """Answers every send at once; the first one with 402 INSUFFICIENT_BALANCE."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def send_whatsapp_template(self, sender_id: int, template_id: int, phone: str, **_: Any) -> Any:
+        self.calls.append(phone)
+        if len(self.calls) == 1:
+            raise FamulorInsufficientBalanceError("402", status_code=402, error_code="INSUFFICIENT_BALANCE")
+        return SimpleNamespace(message_id=len(self.calls), status="queued")
+
+
+def test_attempts_grouped_ahead_and_never_sent_are_refused_when_the_campaign_stops(tmp_path: Path) -> None:
+    """20 sends/s with 100 ms per ledger write: the attempts of the sends due during a write go
+    in one write; when the campaign stops, those not yet sent are refused (nothing was sent), not
+    left in flight, so a cleared task sends them."""
+    clock = FakeClock()
+    hook = BalanceRunsOut()
+    settings = CampaignSettings(
+        sender_id=12, template_id=1, max_sends_per_second=20, resend_unknown=False, offline_timeout=10
+    )
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
+    with CampaignLedger.open(tmp_path, **identity, try_number=1) as ledger:
+        slow = SlowWrites(ledger, clock, 0.1)
+        runner = CampaignRunner(hook, settings, slow, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        runner.attempt_seconds = 0.1  # as measured on the writes before
+
+        def all_answered() -> None:
+            deadline = time.monotonic() + 10
+            while any(answered[0] is None for answered in list(runner.answered)):
+                assert time.monotonic() < deadline, "a send never answered"
+                time.sleep(0.001)
+
+        clock.settle = all_answered
+        with pytest.raises(CampaignStopped, match="Nothing more was sent"):
+            runner.run([{"recipient_phone": phone} for phone in PHONES], len(PHONES))
+
+        assert slow.groups == [PHONES[:3]]  # one write for the three sends due during it
+        assert hook.calls == PHONES[:1]  # the 402 stopped the campaign before the second send
+        assert ledger.state == dict.fromkeys(PHONES[:3], "refused")
+    records = {r["recipient_phone"]: r["error"] for r in read_campaign_ledger(ledger.path)}
+    assert records[PHONES[1]] == records[PHONES[2]] == "the campaign stopped before this send"
