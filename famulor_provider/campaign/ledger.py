@@ -59,7 +59,8 @@ Format (version 1)
 
 Reading it
     :func:`read_campaign_ledger` yields one final record per recipient, :func:`summarize`
-    counts them; :func:`iter_ledger_events` streams the raw lines.
+    counts them; :func:`iter_ledger_events` streams the raw lines. Each takes a file path or an
+    ``s3://`` ledger URI (with ``conn_id``, the AWS connection).
 """
 
 from __future__ import annotations

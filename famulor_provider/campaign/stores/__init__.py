@@ -46,7 +46,8 @@ class LedgerStore(ABC):
         :param lines: JSON lines.
         :param defer: the lines may wait for the next write (a store where each write costs a
             request holds them until then, or until :meth:`flush`).
-        :raises FamulorLedgerConflictError: another writer took the place (nothing was written).
+        :raises FamulorLedgerConflictError: another writer took the place (on an object store,
+            nothing of ``lines`` was written; a POSIX file notices a second writer in :attr:`fenced`).
         """
 
     def check(self) -> None:
