@@ -12,7 +12,8 @@ For each: sends/s where the sandbox saw them (first to last ``accepted_at``), 42
 duplicates, the S3 requests per recipient by kind (``PutObject``, ``GetObject``, ``ListObjectsV2``:
 every HTTP request botocore sent, retries included), and what they cost per 100,000
 recipients at S3 Standard's request prices (us-east-1: PUT/LIST $0.005 per 1,000, GET $0.0004
-per 1,000; the price list as published in 2025). Then the ratio S3 / POSIX. Exits non-zero on a
+per 1,000; the price list as published in 2025). Then the ratio S3 / POSIX, and how long a retry
+of the S3 campaign takes to read the log (``CampaignLedger.open`` with try 2). Exits non-zero on a
 duplicate or a recipient not billed.
 
 1,000 recipients at 5/s would take 200 s per ledger; 200 keep the command under two minutes and
@@ -154,6 +155,21 @@ def campaign(name: str, ledger_path: str, prefix: int, count: int, rate: float, 
     }
 
 
+def resume_read(ledger_path: str) -> dict[str, Any]:
+    """Open the S3 campaign's ledger as its retry would (try 2): the time to read the log."""
+    from famulor_provider.campaign.ledger import CampaignLedger
+
+    requests: Counter[str] = Counter()
+    with count_requests(requests):
+        started = time.monotonic()
+        ledger = CampaignLedger.open(
+            ledger_path, dag_id="bench_s3", run_id="s3", task_id="campaign", map_index=-1, try_number=2
+        )
+        seconds = time.monotonic() - started
+    ledger.close()
+    return {"objects": requests["GET"], "seconds": seconds, "requests": requests}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=200)
@@ -199,6 +215,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         )
         posix = campaign("posix", str(work / "ledgers"), 201, args.recipients, args.rate, base)
         s3 = campaign("s3", f"s3://{BUCKET}/ledgers", 202, args.recipients, args.rate, base)
+        resume = resume_read(f"s3://{BUCKET}/ledgers")
 
     head = (
         f"{'ledger':<8} {'sends/s':>8} {'of limit':>9} {'429':>4} {'dupl.':>6} {'missing':>8} {'wall s':>7}"
@@ -220,6 +237,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(
         f"\nS3 / POSIX sends/s: {s3['rate'] / posix['rate']:.3f}; S3 requests per 100,000 recipients: "
         f"{sum(requests.values()) / n * 100_000:,.0f}, USD {price:.2f} at S3 Standard request prices"
+    )
+    print(
+        f"A retry of the S3 campaign read its {resume['objects']} objects in {resume['seconds']:.2f} s "
+        f"({resume['objects'] / resume['seconds']:.0f} objects/s; {resume['requests']['GET']} GET, "
+        f"{resume['requests']['LIST']} LIST, {resume['requests']['PUT']} PUT)"
     )
     if any(f["duplicates"] or f["missing"] for f in (posix, s3)):
         sys.exit("FAIL: a recipient was billed twice or not at all")
