@@ -53,7 +53,7 @@ def keys(s3: S3Server) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-FOLDER = "prod/ledgers/campaign/manual__2025-01-31T09%3A00%3A00%2B00%3A00/send/"
+FOLDER = "prod/ledgers/campaign/manual__2025-01-31T09%3A00%3A00%2B00%3A00/send/"  # the task instance's
 
 
 def test_attempts_and_outcomes_are_objects_read_back_by_the_next_try(s3: S3Server) -> None:
@@ -66,9 +66,8 @@ def test_attempts_and_outcomes_are_objects_read_back_by_the_next_try(s3: S3Serve
         ledger.record_outcome(PHONE_B, "refused", error_code="UNKNOWN_ERROR", error="x" * 1000)
         ledger.record_attempt(PHONE_C)
         ledger.record_outcome(PHONE_C, "sent", message_id=3)
-        assert (
-            ledger.store.writes == 6
-        )  # header + try, the probe, 3 attempts (A's outcome with B's), B's refusal
+        # header + try, the probe, 3 attempts (A's outcome with B's), B's refusal
+        assert ledger.store.writes == 6
         ledger.flush()  # C's outcome
         assert ledger.store.writes == 7
 
