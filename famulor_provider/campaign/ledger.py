@@ -567,10 +567,14 @@ def iter_ledger_events(
         from famulor_provider.campaign.stores.s3 import S3ObjectStore, split_s3_uri
 
         bucket, folder = split_s3_uri(str(path))
-        for line in ObjectLedgerStore(S3ObjectStore(bucket, conn_id), folder, str(path)).read():
-            event = _parse(line)
-            if event is not None:
-                yield event
+        store = ObjectLedgerStore(S3ObjectStore(bucket, conn_id), folder, str(path))
+        try:
+            for line in store.read():
+                event = _parse(line)
+                if event is not None:
+                    yield event
+        finally:
+            store.close()
         return
     with open(_local_file(path), "rb") as file:
         for line in file:

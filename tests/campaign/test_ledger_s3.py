@@ -272,3 +272,36 @@ def test_at_a_pace_faster_than_a_write_the_attempts_of_sends_that_go_out_togethe
         group_sizes.append(len(attempts))
         assert len(in_flight) <= 16  # never more ahead than the in-flight window
     assert max(group_sizes) >= 2 and sum(group_sizes) == 40
+
+
+def test_a_later_try_reads_the_newest_checkpoint_and_the_objects_after_it(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from famulor_provider.campaign.stores import objects as object_log
+
+    monkeypatch.setattr(object_log, "CHECKPOINT_EVERY", 4)
+    phones = [f"+1415900{n:04d}" for n in range(9)]
+    with open_ledger() as ledger:
+        for phone in phones:  # position 0: header and try; then one per attempt (the probe writes none)
+            ledger.record_attempt(phone)
+            ledger.record_outcome(phone, "sent", message_id=phone[-4:])
+    every_object = [key for key in keys(s3) if "/checkpoints/" not in key]
+    assert len(every_object) == 11  # header + try, 9 attempts, the last outcome
+    assert [key.removeprefix(FOLDER) for key in keys(s3) if "/checkpoints/" in key] == [
+        "checkpoints/0000000004.jsonl",
+        "checkpoints/0000000008.jsonl",
+    ]
+    client = s3.client()
+    whole = b"".join(client.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in every_object)
+    checkpoint = client.get_object(Bucket=BUCKET, Key=f"{FOLDER}checkpoints/0000000008.jsonl")["Body"].read()
+    assert whole.startswith(checkpoint) and checkpoint.count(b"\n") == 1 + 1 + 7 + 6  # objects 0-7
+
+    with S3Proxy(s3.url) as proxy:
+        monkeypatch.setenv(*next(iter(aws_conn_env(proxy.url).items())))
+        with open_ledger(try_number=2) as retry:
+            assert retry.state == dict.fromkeys(phones, "sent") and retry.tries == 2
+        # The checkpoint and the 3 objects after it, not all 11: 4 GETs, 2 LISTs.
+        assert (proxy.requests["GET"], proxy.requests["LIST"]) == (4, 2)
+        events = list(iter_ledger_events(retry.path))
+    assert events[:-1] == [json.loads(line) for line in whole.splitlines()]  # the same lines, in order
+    assert events[-1]["type"] == "try" and events[-1]["try_number"] == 2

@@ -10,11 +10,19 @@ the next write, which is the attempt of the next send (or :meth:`flush`, at the 
 every other line is written at once. A try that dies with lines held back leaves those
 recipients in flight, that is ``unknown``, never sent again: never more of them than were in
 flight at once.
+
+Checkpoints: every :data:`CHECKPOINT_EVERY` positions a try also writes
+``<folder>/checkpoints/<n>.jsonl``, the first ``n`` objects' lines in one object (create-only,
+so the same bytes whichever try writes it). A later try reads the newest checkpoint and the
+objects after it, not every object: a retry of a campaign of 100,000 reads at most
+:data:`CHECKPOINT_EVERY` small objects.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -29,6 +37,11 @@ if TYPE_CHECKING:
 
 POSITION_DIGITS = 10
 _POSITION = re.compile(rf"(\d{{{POSITION_DIGITS}}})\.jsonl")
+CHECKPOINTS = "checkpoints/"
+CHECKPOINT_EVERY = 10_000  # positions between two checkpoints
+_SPOOL_BYTES = 8 << 20  # the log's copy for checkpoints stays in memory up to this size
+
+log = logging.getLogger(__name__)
 
 
 class ObjectLedgerStore(LedgerStore):
@@ -52,6 +65,8 @@ class ObjectLedgerStore(LedgerStore):
         self._pending: list[bytes] = []
         self._foreign_at: int | None = None  # the first position another writer took
         self._closed = False
+        self._copy: tempfile.SpooledTemporaryFile[bytes] | None = None  # the log's bytes, for checkpoints
+        self._checkpoint_at = 0  # the position of the newest checkpoint this try knows
 
     def key(self, position: int) -> str:
         return f"{self.folder}{position:0{POSITION_DIGITS}d}.jsonl"
@@ -74,12 +89,59 @@ class ObjectLedgerStore(LedgerStore):
         return keys
 
     def read(self) -> Iterator[bytes]:
-        keys = self.positions()
-        self._next = len(keys)
+        start, checkpoint = self._newest_checkpoint()
+        # Kept open until close(): the checkpoints are written from it.
+        self._copy = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
+        self._checkpoint_at = start
+        if checkpoint is not None:
+            data = self.objects.read(checkpoint)
+            self._keep(data)
+            yield from data.splitlines(keepends=True)
+        keys = self.positions(start)
+        self._next = start + len(keys)
         with ThreadPoolExecutor(min(self.objects.parallel_reads, max(1, len(keys)))) as pool:
-            for start in range(0, len(keys), 1024):  # bounded: a few MB held at once
-                for data in pool.map(self.objects.read, keys[start : start + 1024]):
+            for first in range(0, len(keys), 1024):  # bounded: a few MB held at once
+                for data in pool.map(self.objects.read, keys[first : first + 1024]):
+                    self._keep(data)
                     yield from data.splitlines(keepends=True)
+
+    def _keep(self, data: bytes) -> None:
+        """Add ``data`` to the log's copy; without room for it (no writable temp folder), no checkpoints."""
+        if self._copy is None:
+            return
+        try:
+            self._copy.write(data)
+        except OSError as err:
+            log.warning(
+                "No checkpoints for the campaign ledger %s (no room for its copy: %s)", self.location, err
+            )
+            self._copy.close()
+            self._copy = None
+
+    def checkpoint_key(self, position: int) -> str:
+        return f"{self.folder}{CHECKPOINTS}{position:0{POSITION_DIGITS}d}.jsonl"
+
+    def _newest_checkpoint(self) -> tuple[int, str | None]:
+        """The position and key of the newest checkpoint, or ``(0, None)``."""
+        newest: tuple[int, str | None] = (0, None)
+        prefix = self.folder + CHECKPOINTS
+        for key in self.objects.list(prefix):
+            match = _POSITION.fullmatch(key[len(prefix) :])
+            if match is not None and int(match.group(1)) > newest[0]:
+                newest = (int(match.group(1)), key)
+        return newest
+
+    def _write_checkpoint(self) -> None:
+        """Write the log up to this try's next position as one object (an optimisation only)."""
+        if self._copy is None:
+            return
+        self._checkpoint_at = self._next
+        self._copy.seek(0)
+        data = self._copy.read()
+        try:
+            self.objects.create(self.checkpoint_key(self._next), data)  # taken: the same bytes
+        except FamulorError as err:  # the log itself is whole: a later try reads more objects
+            log.warning("Could not write a checkpoint of the campaign ledger %s: %s", self.location, err)
 
     @property
     def fenced(self) -> bool:
@@ -113,6 +175,9 @@ class ObjectLedgerStore(LedgerStore):
         self._next += 1
         self._last = (key, data)
         self._pending.clear()
+        self._keep(data)
+        if self._copy is not None and self._next - self._checkpoint_at >= CHECKPOINT_EVERY:
+            self._write_checkpoint()
 
     def probe(self) -> None:
         """Create this try's last object again: a store that honours create-only writes refuses."""
@@ -132,3 +197,6 @@ class ObjectLedgerStore(LedgerStore):
 
     def close(self) -> None:
         self._closed = True
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
