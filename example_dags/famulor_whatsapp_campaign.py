@@ -21,7 +21,9 @@ numbers out of the run's conf and the task's rendered fields. A small list inlin
 (``"recipients": [{"recipient_phone": "+14155550101", "variables": {"1": "A-1001"}}]``).
 
 The ledger goes under ``$AIRFLOW_HOME/famulor/campaign-ledgers``; with several workers, set
-``ledger_path`` to a folder they all mount. Needs a Famulor connection ``famulor_default`` (or the
+``LEDGER_PATH`` to a folder they all mount, or to ``s3://bucket/prefix`` where each try gets a
+fresh disk (Kubernetes, MWAA; needs ``airflow-provider-famulor[amazon]`` and the AWS connection
+``aws_default``). Needs a Famulor connection ``famulor_default`` (or the
 local sandbox: ``make demo``).
 """
 
@@ -36,7 +38,7 @@ from airflow.providers.common.compat.sdk import DAG, task
 from famulor_provider.operators.whatsapp import ListWhatsAppSendersOperator, SendWhatsAppCampaignOperator
 from famulor_provider.sensors.whatsapp import WhatsAppSenderSensor
 
-LEDGER_PATH = None  # the default folder; a shared folder (path or file:// URI) with several workers
+LEDGER_PATH = None  # the default folder; with several workers a shared folder or s3://bucket/prefix
 # Three recipients that ship with the example; give your own file's path or URI in the conf.
 RECIPIENTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "campaign_recipients.csv")
 
@@ -94,7 +96,7 @@ with DAG(
         ledger = ledger_file_path(
             LEDGER_PATH, dag_id=ti.dag_id, run_id=ti.run_id, task_id="send_campaign", map_index=-1
         )
-        if not os.path.exists(ledger):
+        if not ledger.startswith("s3://") and not os.path.exists(ledger):
             raise RuntimeError(f"No campaign ledger at {ledger}: nothing was sent (see send_campaign)")
         show = str if full_phone_numbers_in_logs() else mask_phone  # phone numbers are personal data
         examples: list[str] = []  # a few of the recipients not sent for sure, not one line each

@@ -6,22 +6,32 @@ number) owns one ledger file. Every try of it reads the file first, so a retry, 
 or a rerun after the worker was killed never sends a message twice.
 
 Location
-    ``<ledger_path>/<dag_id>/<run_id>/<task_id>.jsonl``, or ``<task_id>__<map_index>.jsonl`` for
-    a mapped task instance. Each part is percent-encoded (``/``, ``%``, ``:``, ``+`` ... become
-    ``%2F``, ``%25`` ...; a leading ``.`` becomes ``%2E``), so no part can leave the folder and
-    two ids never share a file. ``ledger_path`` is an absolute folder path or a ``file://`` URI on
-    a POSIX file system every worker sees (local disk on one machine; NFS, EFS or a shared volume
-    otherwise): appending, ``fsync`` and ``flock`` are what make the ledger safe, and object
-    stores (``s3://``, ``gs://`` ...) have none of them. The default is
-    ``$AIRFLOW_HOME/famulor/campaign-ledgers``. The file holds phone numbers: it is created
-    ``0600``, and the folders created for it ``0700``, whatever the umask.
+    ``ledger_path`` is a folder on a POSIX file system every worker sees, or an S3 bucket:
+
+    - a folder (an absolute path or a ``file://`` URI; local disk on one machine, NFS, EFS or a
+      shared volume otherwise): ``<ledger_path>/<dag_id>/<run_id>/<task_id>.jsonl``, or
+      ``<task_id>__<map_index>.jsonl`` for a mapped task instance; one file, appended, fsynced
+      and ``flock``-ed (:mod:`famulor_provider.campaign.stores.posix`). The default is
+      ``$AIRFLOW_HOME/famulor/campaign-ledgers``. The file holds phone numbers: it is created
+      ``0600``, and the folders created for it ``0700``, whatever the umask.
+    - ``s3://bucket/prefix`` (Amazon S3 or a compatible store, through the AWS connection
+      ``conn_id``): the folder ``<prefix>/<dag_id>/<run_id>/<task_id>[__<map_index>]/`` holds an
+      append-only log of immutable objects ``0000000000.jsonl``, ``0000000001.jsonl`` ..., each
+      one write of whole lines, each position taken with a create-only write
+      (:mod:`famulor_provider.campaign.stores.objects`).
+
+    Each part is percent-encoded (``/``, ``%``, ``:``, ``+`` ... become ``%2F``, ``%25`` ...; a
+    leading ``.`` becomes ``%2E``), so no part can leave the folder and two ids never share a
+    ledger. Other object stores (``gs://``, ``abfs://`` ...) are refused for now.
 
 Two writers
-    ``flock`` keeps a second try out, where the file system carries it across hosts. Where it
-    does not (NFS with ``local_lock``/``nolock``, many FUSE and SMB volumes), the ledger's own
-    guard holds: before each ``attempt`` line a try checks that the file ends where its own last
-    write ended, and again after writing it; bytes it did not write stop its sends
-    (``FamulorLedgerConflictError``, naming the other try from its ``try`` line).
+    POSIX: ``flock`` keeps a second try out, where the file system carries it across hosts.
+    Where it does not (NFS with ``local_lock``/``nolock``, many FUSE and SMB volumes), the
+    ledger's own guard holds: before each ``attempt`` line a try checks that the file ends where
+    its own last write ended, and again after writing it. S3: each ``attempt`` takes the log's
+    next position with a create-only write; a position another try took fails it. Either way
+    the try sends nothing more (``FamulorLedgerConflictError``, naming the other try from its
+    ``try`` line).
 
 Format (version 1)
     JSON Lines, UTF-8, append-only, one object per line, each with a ``type``:
@@ -33,7 +43,8 @@ Format (version 1)
       ``template_id``, ``at``.
     - ``attempt``, written and fsynced *before* a recipient's send request: ``recipient_phone``
       (E.164), ``at``.
-    - ``outcome``, written and fsynced after it: ``recipient_phone``, ``outcome`` (``sent``: the
+    - ``outcome``, written and fsynced after it (on S3 a ``sent`` outcome is written with the
+      next write, at the latest at the end of the try): ``recipient_phone``, ``outcome`` (``sent``: the
       API accepted it; ``refused``: the API refused it and nothing was sent, so a later try
       sends it again; ``rejected``: the API refused this recipient for good (``INVALID_PHONE``
       ...), nothing was sent and no later try sends it; ``unknown``: it may have been sent, e.g.
@@ -48,17 +59,16 @@ Format (version 1)
 
 Reading it
     :func:`read_campaign_ledger` yields one final record per recipient, :func:`summarize`
-    counts them; :func:`iter_ledger_events` streams the raw lines.
+    counts them; :func:`iter_ledger_events` streams the raw lines. Each takes a file path or an
+    ``s3://`` ledger URI (with ``conn_id``, the AWS connection).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
+import logging
 import os
 import socket
-import time
 from datetime import datetime, timezone
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
@@ -66,7 +76,6 @@ from urllib.parse import quote, unquote, urlsplit
 
 from famulor_provider.exceptions import (
     FamulorError,
-    FamulorLedgerConflictError,
     FamulorLedgerMissingError,
     FamulorValidationError,
 )
@@ -75,6 +84,10 @@ from famulor_provider.validation import is_blank
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
     from types import TracebackType
+
+    from famulor_provider.campaign.stores import LedgerStore
+
+log = logging.getLogger(__name__)
 
 LEDGER_FORMAT_VERSION = 1
 SENT = "sent"
@@ -91,10 +104,6 @@ MAX_ERROR_CHARS = 300
 # One shared object per state, so that 100,000 entries of ``state`` cost one pointer each.
 _STATE_OBJECTS = {state: state for state in STATES}
 _MAX_NAME_PART = 180
-# Module attributes, so tests can replace the clock and the sleeper of the lock wait.
-_monotonic = time.monotonic
-_sleep = time.sleep
-_LOCK_POLL_SECONDS = 0.2
 
 
 def default_ledger_folder() -> str:
@@ -104,9 +113,10 @@ def default_ledger_folder() -> str:
 
 
 def resolve_ledger_folder(ledger_path: str | os.PathLike[str] | None) -> str:
-    """The absolute local folder that ``ledger_path`` names (``None`` or blank: the default).
+    """The absolute local folder that ``ledger_path`` names (``None`` or blank: the default), or
+    ``s3://bucket/prefix`` without a trailing ``/``.
 
-    :param ledger_path: an absolute folder path or a ``file://`` URI.
+    :param ledger_path: an absolute folder path, a ``file://`` URI or ``s3://bucket/prefix``.
     """
     if is_blank(ledger_path):
         return default_ledger_folder()
@@ -114,11 +124,16 @@ def resolve_ledger_folder(ledger_path: str | os.PathLike[str] | None) -> str:
     if "://" in text:
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
+        if scheme == "s3":
+            from famulor_provider.campaign.stores.s3 import split_s3_uri
+
+            bucket, prefix = split_s3_uri(text)
+            return f"s3://{bucket}/{prefix}".rstrip("/")
         if scheme != "file":
             raise FamulorValidationError(
                 "ledger_path",
-                f"{text!r}: {scheme}:// storage cannot append to a file, fsync it or lock it, so the "
-                "ledger could not make a send durable before its request. Use a folder on a POSIX "
+                f"{text!r}: {scheme}:// is not a store the ledger can write to. Use s3://bucket/prefix "
+                "(Amazon S3 or an S3-compatible store, with ledger_conn_id), or a folder on a POSIX "
                 "file system that every worker mounts at the same path (local disk for one "
                 "machine; NFS, EFS or a shared volume otherwise), as a path or a file:// URI",
             )
@@ -153,9 +168,11 @@ def _name_part(value: Any, field: str) -> str:
 def ledger_file_path(
     ledger_path: str | os.PathLike[str] | None, *, dag_id: str, run_id: str, task_id: str, map_index: int
 ) -> str:
-    """The ledger file of one task instance (see the module docstring for the layout).
+    """The ledger file of one task instance, or on S3 its folder's URI ending with ``/`` (see the
+    module docstring for the layout).
 
-    :param ledger_path: the folder, a path or ``file://`` URI; ``None`` for the default.
+    :param ledger_path: the folder, a path or ``file://`` URI, or ``s3://bucket/prefix``;
+        ``None`` for the default.
     :param dag_id: the task instance's DAG.
     :param run_id: its DAG run.
     :param task_id: its task.
@@ -166,8 +183,11 @@ def ledger_file_path(
     file_name = _name_part(task_id, "task_id")
     if map_index >= 0:
         file_name += f"__{map_index}"
+    root = resolve_ledger_folder(ledger_path)
+    if _is_s3(root):
+        return f"{root}/{_name_part(dag_id, 'dag_id')}/{_name_part(run_id, 'run_id')}/{file_name}/"
     return os.path.join(
-        resolve_ledger_folder(ledger_path),
+        root,
         _name_part(dag_id, "dag_id"),
         _name_part(run_id, "run_id"),
         file_name + ".jsonl",
@@ -194,82 +214,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory; the file's own fsync still holds
-        pass
-    finally:
-        os.close(fd)
-
-
-# errno values that say ledger_path cannot hold a ledger at all: a retry would fail the same way.
-_BAD_PATH_ERRNOS = {
-    errno.ENOENT: "a parent folder cannot be created there (a virtual file system such as /proc?)",
-    errno.ENOTDIR: "a part of it is a file, not a folder",
-    errno.EISDIR: "the ledger file's name is taken by a folder",
-    errno.EACCES: "permission denied for the worker's user",
-    errno.EPERM: "permission denied for the worker's user",
-    errno.EROFS: "the file system is read-only",
-    errno.ELOOP: "too many symbolic links",
-    errno.ENAMETOOLONG: "a name is too long for the file system",
-    errno.EINVAL: "the file system refuses the name",
-}
-
-
-def _bad_path(ledger_path: Any, path: str, err: OSError) -> FamulorError:
-    """The error for a ledger file that cannot be created or opened at ``path``."""
-    why = _BAD_PATH_ERRNOS.get(err.errno or 0)
-    if why is None:  # e.g. no space left, an I/O error: a later try may succeed
-        return FamulorError(f"Cannot open the campaign ledger {path} (ledger_path={ledger_path!r}): {err}")
-    return FamulorValidationError(
-        "ledger_path",
-        f"{ledger_path!r} cannot hold the campaign ledger {path}: {why} ({err.strerror}: "
-        f"{err.filename!r}). Give ledger_path a folder the worker can create files in, on storage "
-        "every worker sees. Nothing was sent.",
-    )
-
-
-def _make_private_dirs(folder: str) -> None:
-    """Create ``folder`` and its missing parents ``0700`` whatever the umask; leave existing ones."""
-    missing: list[str] = []
-    current = folder
-    while not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory) from None
-            continue  # another process created it: not ours to change
-        os.chmod(directory, 0o700)
-
-
 class CampaignLedger:
-    """The open, locked send ledger of one campaign task instance. Build it with :meth:`open`.
+    """The open send ledger of one campaign task instance. Build it with :meth:`open`.
 
-    It holds an exclusive ``flock`` on the file until :meth:`close`, and keeps in memory only
+    Its lines live in a :class:`~famulor_provider.campaign.stores.LedgerStore` (a locked POSIX
+    file, or an object log in S3), held until :meth:`close`; in memory it keeps only
     ``phone -> state`` (a shared string), about 100 bytes per recipient.
     """
 
-    def __init__(self, path: str, fd: int) -> None:
-        self.path = path
-        self._fd: int | None = fd
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
+        self.path = store.location
+        """Where the ledger is: a file path, or an ``s3://`` URI of its folder (ending with ``/``)."""
         self._state: dict[str, str] = {}
         self._counts = dict.fromkeys(STATES, 0)
-        self._needs_newline = False
-        self._failed: str | None = None
-        self._end: int | None = None  # the file's size after this try's last write
-        self._foreign_at: int | None = None  # where bytes this try did not write were found
+        self._closed = False
         self.header: dict[str, Any] | None = None
         """The ``campaign`` line."""
         self.tries = 0
@@ -291,13 +250,17 @@ class CampaignLedger:
         template_id: int | None = None,
         allow_new_ledger: bool = False,
         lock_timeout: float = 5.0,
+        conn_id: str = "aws_default",
     ) -> CampaignLedger:
-        """Open (or create) a task instance's ledger, lock it, read it and append a ``try`` line.
+        """Open (or create) a task instance's ledger, read it and append a ``try`` line.
 
-        A new file is created ``0600`` and the folders it needs ``0700``, whatever the umask: the
-        ledger holds phone numbers.
+        A POSIX ledger is locked; a new file is created ``0600`` and the folders it needs
+        ``0700``, whatever the umask: the ledger holds phone numbers. On ``s3://`` the ``try``
+        line takes the log's next position, and the store is probed once: it must refuse a
+        create-only write of an object that exists.
 
-        :param ledger_path: the folder, a path or ``file://`` URI; ``None`` for the default.
+        :param ledger_path: the folder, a path or ``file://`` URI, or ``s3://bucket/prefix``;
+            ``None`` for the default.
         :param dag_id: from ``context["ti"]``.
         :param run_id: from ``context["ti"]``.
         :param task_id: from ``context["ti"]``.
@@ -307,7 +270,8 @@ class CampaignLedger:
         :param template_id: the campaign's template, written to the header and the ``try`` line.
         :param allow_new_ledger: create a missing ledger even when ``try_number > 1`` (only when
             no earlier try can have sent anything, e.g. they all failed before the ledger step).
-        :param lock_timeout: seconds to wait for another process to release the ledger.
+        :param lock_timeout: seconds to wait for another process to release a POSIX ledger.
+        :param conn_id: the Airflow AWS connection of an ``s3://`` ledger.
         :raises FamulorLedgerMissingError: a later try found no ledger.
         :raises FamulorValidationError: ``ledger_path`` cannot hold a ledger (a retry cannot fix it).
         :raises FamulorError: another process holds the ledger, or it belongs to another task.
@@ -315,83 +279,65 @@ class CampaignLedger:
         path = ledger_file_path(
             ledger_path, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index
         )
-        if try_number > 1 and not allow_new_ledger and not os.path.exists(path):
-            raise FamulorLedgerMissingError(
-                f"Try {try_number} found no campaign ledger at {path}, but an earlier try must have "
-                "created it, so recipients it sent cannot be told apart and nothing is sent. Put "
-                "ledger_path on storage every worker sees at the same path (NFS, EFS, a shared "
-                "volume; local disk only with a single worker). If no earlier try reached the "
-                "sending step (a template error, a pod that never started), set "
-                "allow_new_ledger=True and clear the task: this try may then create a new ledger."
-            )
-        folder = os.path.dirname(path)
+        if try_number > 1 and not allow_new_ledger and not _is_s3(path) and not os.path.exists(path):
+            raise _missing(try_number, path)
+        store = open_store(path, ledger_path, conn_id=conn_id, lock_timeout=lock_timeout)
         try:
-            _make_private_dirs(folder)
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise _bad_path(ledger_path, path, err) from err
-        try:
-            _lock(fd, path, lock_timeout)
-            ledger = cls(path, fd)
+            ledger = cls(store)
             ledger._load()
-            if ledger.header is None:
-                os.fchmod(fd, 0o600)  # a new file: 0600 whatever the umask
+            if try_number > 1 and not allow_new_ledger and _is_s3(path) and not ledger.tries:
+                raise _missing(try_number, path)  # an empty log: no try wrote there
             identity = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+            lines = []
             if ledger.header is None:
                 header = {"type": "campaign", "format": LEDGER_FORMAT_VERSION, **identity}
                 header.update(sender_id=sender_id, template_id=template_id, created_at=_now())
-                ledger._append(header)
+                lines.append(_line(header))
                 ledger.header = header
-                # Make the new file's directory entries durable too (ledger root/dag/run/file).
-                for directory in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
-                    _fsync_dir(directory)
             elif any(ledger.header.get(key) != value for key, value in identity.items()):
                 found = {key: ledger.header.get(key) for key in identity}
                 raise FamulorError(f"The campaign ledger {path} belongs to {found}, not to {identity}")
-            ledger._append(
-                {
-                    "type": "try",
-                    "try_number": try_number,
-                    "hostname": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "sender_id": sender_id,
-                    "template_id": template_id,
-                    "at": _now(),
-                }
-            )
+            try_line = {
+                "type": "try",
+                "try_number": try_number,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "sender_id": sender_id,
+                "template_id": template_id,
+                "at": _now(),
+            }
+            lines.append(_line(try_line))
+            store.append(lines)
             ledger.tries += 1
+            store.probe()
         except BaseException:
-            os.close(fd)  # also releases the lock
+            store.close()
             raise
         return ledger
 
     # -- reading --------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        with open(self.path, "rb") as file:
-            for line in file:
-                if not line.endswith(b"\n"):  # the last write was cut short
-                    self._needs_newline = True
-                    self.skipped_lines += 1
-                    continue
-                event = _parse(line)
-                if event is None:
-                    self.skipped_lines += 1
-                    continue
-                kind = event.get("type")
-                if kind == "attempt":
-                    self._set(event.get("recipient_phone"), IN_FLIGHT)
-                elif kind == "outcome":
-                    outcome = event.get("outcome")
-                    # An outcome this version does not know is treated as "may have been sent".
-                    self._set(
-                        event.get("recipient_phone"),
-                        _STATE_OBJECTS[outcome if outcome in OUTCOMES else UNKNOWN],
-                    )
-                elif kind == "try":
-                    self.tries += 1
-                elif kind == "campaign" and self.header is None:
-                    self.header = event
+        for line in self.store.read():
+            event = _parse(line)
+            if event is None:
+                self.skipped_lines += 1
+                continue
+            kind = event.get("type")
+            if kind == "attempt":
+                self._set(event.get("recipient_phone"), IN_FLIGHT)
+            elif kind == "outcome":
+                outcome = event.get("outcome")
+                # An outcome this version does not know is treated as "may have been sent".
+                self._set(
+                    event.get("recipient_phone"),
+                    _STATE_OBJECTS[outcome if outcome in OUTCOMES else UNKNOWN],
+                )
+            elif kind == "try":
+                self.tries += 1
+            elif kind == "campaign" and self.header is None:
+                self.header = event
+        self.skipped_lines += self.store.skipped
 
     def _set(self, phone: Any, state: str) -> None:
         if not isinstance(phone, str):
@@ -407,7 +353,7 @@ class CampaignLedger:
         """Each recipient phone's last state: ``sent``, ``refused``, ``rejected``, ``unknown`` or
         ``in_flight``.
 
-        ``in_flight`` read from the file means an earlier try stopped mid-send: treat it as unknown.
+        ``in_flight`` read from the ledger means an earlier try stopped mid-send: treat it as unknown.
         """
         return self._state
 
@@ -429,50 +375,44 @@ class CampaignLedger:
     def record_attempt(self, phone: str) -> None:
         """Durably record that ``phone`` is about to be sent. Call it before the send request.
 
-        First checks that nobody else wrote to the file since this try's last write (the file's
-        size against where that write ended): the ``flock`` does not hold across hosts on every
-        shared file system, and a second try writing here may be sending too.
+        It fences out a second writer first. On a POSIX file nobody else may have written since
+        this try's last write (the file's size against where that write ended: the ``flock``
+        does not hold across hosts on every shared file system). On an object log the attempt
+        takes the log's next position with a create-only write, which fails when another try
+        took it: a try that was paused while another took over learns it here, before its next
+        send.
 
         :param phone: the normalized phone (E.164), the same string every try.
         :raises FamulorLedgerConflictError: another process wrote to the ledger during this try.
         :raises FamulorError: the phone was already sent or rejected, or the ledger cannot be written.
         """
-        state = self._state.get(phone)
-        if state in (SENT, REJECTED):
-            raise FamulorError(
-                f"{phone} was already {state} according to the ledger {self.path}; not sending again"
-            )
-        unchecked = self._foreign_at is None and self._fd is not None and self._end is not None
-        if unchecked and os.fstat(self._fd).st_size != self._end:  # type: ignore[arg-type]
-            self._foreign_at = self._end
-        if self._foreign_at is not None:
-            raise self._conflict()
-        self._append({"type": "attempt", "recipient_phone": phone, "at": _now()})
-        self._set(phone, IN_FLIGHT)
-        if self._foreign_at is not None:
-            # Someone wrote between the check and this line: do not send it after all.
-            self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
-            raise self._conflict()
+        self.record_attempts([phone])
 
-    def _conflict(self) -> FamulorLedgerConflictError:
-        """The error for bytes this try did not write, found after offset ``_foreign_at``."""
-        other = "another process"
-        with open(self.path, "rb") as file:
-            file.seek(self._foreign_at or 0)
-            for line in file.read(1 << 20).splitlines():
-                event = _parse(line)
-                if event is not None and event.get("type") == "try":
-                    other = (
-                        f"try {event.get('try_number')} on host {event.get('hostname')} "
-                        f"(pid {event.get('pid')})"
-                    )
-                    break
-        return FamulorLedgerConflictError(
-            f"Another writer appended to the campaign ledger {self.path} during this try: {other}. "
-            "Two tries may be sending at once (the file lock does not hold across hosts on this "
-            "file system), so this try sends nothing more. A later try resumes from the ledger "
-            "once the other one has ended."
-        )
+    def record_attempts(self, phones: list[str]) -> None:
+        """:meth:`record_attempt` for the sends that go out together, in one write.
+
+        Each one is in flight from here on: a try that dies before sending them leaves them
+        ``unknown``, so group no more than the sends that may be in flight at once.
+
+        :param phones: normalized phones, none of them sent or rejected.
+        """
+        for phone in phones:
+            state = self._state.get(phone)
+            if state in (SENT, REJECTED):
+                raise FamulorError(
+                    f"{phone} was already {state} according to the ledger {self.path}; not sending again"
+                )
+        self._check_open()
+        self.store.check()
+        lines = [_line({"type": "attempt", "recipient_phone": phone, "at": _now()}) for phone in phones]
+        self.store.append(lines)
+        for phone in phones:
+            self._set(phone, IN_FLIGHT)
+        if self.store.fenced:
+            # Someone wrote between the check and these lines: do not send them after all.
+            for phone in phones:
+                self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
+            raise self.store.conflict()
 
     def record_outcome(
         self,
@@ -485,6 +425,9 @@ class CampaignLedger:
         error: str | BaseException | None = None,
     ) -> None:
         """Durably record how a send ended.
+
+        On an object log a ``sent`` outcome is written with the next attempt (or by
+        :meth:`flush`): a try that dies first leaves that recipient ``unknown``, never sent again.
 
         :param phone: the normalized phone (E.164).
         :param outcome: ``sent``, ``refused`` (nothing was sent, a later try may send it),
@@ -508,39 +451,34 @@ class CampaignLedger:
             text = str(error)
             event["error"] = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
         event["at"] = _now()
-        self._append(event)
+        self._write(event, defer=outcome == SENT)
         self._set(phone, _STATE_OBJECTS[outcome])
 
-    def _append(self, event: Mapping[str, Any]) -> None:
-        if self._fd is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise FamulorError(f"The campaign ledger {self.path} is closed")
-        if self._failed is not None:
-            # After a failed write or fsync the file's state is unknown: write nothing more.
-            raise FamulorError(
-                f"The campaign ledger {self.path} failed earlier ({self._failed}); not writing"
-            )
-        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        if self._needs_newline:
-            data = b"\n" + data
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
-            previous, self._end = self._end, os.lseek(self._fd, 0, os.SEEK_CUR)
-            if previous is not None and self._end != previous + len(data) and self._foreign_at is None:
-                self._foreign_at = previous  # someone else wrote before or during this write
-        except OSError as err:
-            self._failed = str(err)
-            raise FamulorError(f"Cannot write the campaign ledger {self.path}: {err}") from err
-        self._needs_newline = False
+
+    def _write(self, event: Mapping[str, Any], *, defer: bool = False) -> None:
+        self._check_open()
+        self.store.append([_line(event)], defer=defer)
+
+    def flush(self) -> None:
+        """Write what the store held back (``sent`` outcomes on an object log): at the end of a run."""
+        self._check_open()
+        self.store.flush()
 
     def close(self) -> None:
-        """Close the file and release the lock (safe to call twice)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        """Write what is held back when it can, and release the ledger (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.store.fenced:
+                self.store.flush()
+        except FamulorError as err:  # those recipients stay in flight: unknown, never sent again
+            log.warning("Could not write the last outcomes to the campaign ledger %s: %s", self.path, err)
+        finally:
+            self.store.close()
 
     def __enter__(self) -> CampaignLedger:
         return self
@@ -554,25 +492,44 @@ class CampaignLedger:
         return f"CampaignLedger({self.path!r}, {self.counts()})"
 
 
-def _lock(fd: int, path: str, timeout: float) -> None:
-    deadline = _monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if _monotonic() >= deadline:
-                raise FamulorError(
-                    f"Another try of this task instance is still running: it holds the campaign "
-                    f"ledger {path} (a try the scheduler gave up on may still be alive on a worker). "
-                    "Two tries must never send at once; retry once it has ended or been killed."
-                ) from None
-            _sleep(_LOCK_POLL_SECONDS)
-        except OSError as err:
-            raise FamulorError(
-                f"Cannot lock the campaign ledger {path} ({err}): put ledger_path on a file system "
-                "with working locks (local disk, NFSv4, EFS)"
-            ) from err
+def _missing(try_number: int, path: str) -> FamulorLedgerMissingError:
+    return FamulorLedgerMissingError(
+        f"Try {try_number} found no campaign ledger at {path}, but an earlier try must have "
+        "created it, so recipients it sent cannot be told apart and nothing is sent. Put "
+        "ledger_path on storage every worker sees at the same path (an s3:// bucket; NFS, EFS, a "
+        "shared volume; local disk only with a single worker). If no earlier try reached the "
+        "sending step (a template error, a pod that never started), set "
+        "allow_new_ledger=True and clear the task: this try may then create a new ledger."
+    )
+
+
+def _line(event: Mapping[str, Any]) -> bytes:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _is_s3(path: str) -> bool:
+    return path[:5].lower() == "s3://"
+
+
+def open_store(
+    path: str, ledger_path: Any = None, *, conn_id: str = "aws_default", lock_timeout: float = 5.0
+) -> LedgerStore:
+    """The store of the ledger at ``path`` (from :func:`ledger_file_path`).
+
+    :param path: a file path, or the ``s3://`` URI of the ledger's folder.
+    :param ledger_path: what the user gave, for errors.
+    :param conn_id: the Airflow AWS connection of an ``s3://`` ledger.
+    :param lock_timeout: seconds to wait for another process to release a POSIX ledger.
+    """
+    if _is_s3(path):
+        from famulor_provider.campaign.stores.objects import ObjectLedgerStore
+        from famulor_provider.campaign.stores.s3 import S3ObjectStore, split_s3_uri
+
+        bucket, folder = split_s3_uri(path)
+        return ObjectLedgerStore(S3ObjectStore(bucket, conn_id), folder, str(ledger_path or path))
+    from famulor_provider.campaign.stores.posix import PosixLedgerStore
+
+    return PosixLedgerStore(path, ledger_path, lock_timeout)
 
 
 # -- reading a ledger -----------------------------------------------------------------------------
@@ -596,11 +553,29 @@ def _local_file(path: str | os.PathLike[str]) -> str:
     return text
 
 
-def iter_ledger_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every complete line of a ledger file, in order (lines cut short by a crash are skipped).
+def iter_ledger_events(
+    path: str | os.PathLike[str], *, conn_id: str = "aws_default"
+) -> Iterator[dict[str, Any]]:
+    """Every complete line of a ledger, in order (lines cut short by a crash are skipped).
 
-    :param path: the ledger file, a path or ``file://`` URI.
+    :param path: the ledger file, a path or ``file://`` URI; or an S3 ledger's ``s3://`` URI
+        (the summary's ``ledger``).
+    :param conn_id: the Airflow AWS connection for an ``s3://`` ledger.
     """
+    if _is_s3(str(path)):
+        from famulor_provider.campaign.stores.objects import ObjectLedgerStore
+        from famulor_provider.campaign.stores.s3 import S3ObjectStore, split_s3_uri
+
+        bucket, folder = split_s3_uri(str(path))
+        store = ObjectLedgerStore(S3ObjectStore(bucket, conn_id), folder, str(path))
+        try:
+            for line in store.read():
+                event = _parse(line)
+                if event is not None:
+                    yield event
+        finally:
+            store.close()
+        return
     with open(_local_file(path), "rb") as file:
         for line in file:
             if line.endswith(b"\n"):
@@ -612,7 +587,9 @@ def iter_ledger_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]
 _RECORD_FIELDS = ("outcome", "attempts", "message_id", "status", "error_code", "error", "at")
 
 
-def read_campaign_ledger(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def read_campaign_ledger(
+    path: str | os.PathLike[str], *, conn_id: str = "aws_default"
+) -> Iterator[dict[str, Any]]:
     """One final record per recipient, in the order of their first attempt.
 
     Each record: ``recipient_phone``, ``outcome`` (``sent``, ``refused``, ``rejected`` or
@@ -622,12 +599,13 @@ def read_campaign_ledger(path: str | os.PathLike[str]) -> Iterator[dict[str, Any
     The file is read whole before the first record is yielded, keeping about 350 bytes per
     recipient; the records are built one at a time.
 
-    :param path: the ledger file, a path or ``file://`` URI.
+    :param path: the ledger file, a path or ``file://`` URI; or an S3 ledger's ``s3://`` URI.
+    :param conn_id: the Airflow AWS connection for an ``s3://`` ledger.
     """
     # phone -> [outcome, attempts, message_id, status, error_code, error, at]: a list is a third
     # of a dict's size, and the dicts are built one at a time below.
     records: dict[str, list[Any]] = {}
-    for event in iter_ledger_events(path):
+    for event in iter_ledger_events(path, conn_id=conn_id):
         kind = event.get("type")
         phone = event.get("recipient_phone")
         if kind not in ("attempt", "outcome") or not isinstance(phone, str):

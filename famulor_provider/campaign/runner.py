@@ -17,7 +17,9 @@ only, so a campaign's log holds counts, not numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -150,6 +152,10 @@ class CampaignRunner:
         self.window_sends = max(1, int(settings.max_sends_per_second))
         self.window = self.window_sends / settings.max_sends_per_second
         self.answered: deque[list[float | None]] = deque(maxlen=self.window_sends)
+        # How long recording an attempt takes (smoothed): the window's wait ends that much earlier,
+        # so a slow ledger write (an S3 request) overlaps the wait instead of adding to it.
+        self.attempt_seconds = 0.0
+        self.reserved: deque[Mapping[str, Any]] = deque()  # attempts written, sends not yet made
         self.workers = max(2, min(POOL_SIZE, round(settings.max_sends_per_second)))
         self.hold_until = 0.0  # no send before this time (429 holds)
         self.phone_for_log: Callable[[Any], str] = mask_phone
@@ -182,6 +188,7 @@ class CampaignRunner:
             self._loop(in_flight, again, source)
         finally:
             hook_log.removeFilter(hook_filter)
+        self.ledger.flush()  # the outcomes a store holds back for its next write
         self._progress(final=True)
 
     def _loop(
@@ -193,19 +200,25 @@ class CampaignRunner:
         with ThreadPoolExecutor(self.workers, thread_name_prefix=THREAD_PREFIX) as pool:
             try:
                 while True:
-                    recipient = again.popleft() if again else next(source, None)
+                    # Its attempt was written with an earlier send's: it stays reserved until sent.
+                    recorded = bool(self.reserved)
+                    recipient: Mapping[str, Any] | None
+                    if recorded:
+                        recipient = self.reserved[0]
+                    else:
+                        recipient = again.popleft() if again else next(source, None)
                     if recipient is None:
                         if not in_flight:
                             break
                         self._collect(in_flight, again, block=True)
                         continue
                     phone = recipient["recipient_phone"]
-                    if not self.ledger.should_send(phone, self.settings.resend_unknown):
+                    if not recorded and not self.ledger.should_send(phone, self.settings.resend_unknown):
                         self.skipped[self.ledger.state.get(phone) or SENT] += 1
                         continue
                     while len(in_flight) >= self.workers:
                         self._collect(in_flight, again, block=True)
-                    self._wait_for_window()
+                    self._wait_for_window(ahead=0.0 if recorded else self.attempt_seconds)
                     self._wait_for_hold()
                     self.pacer.wait("campaign", self.sleep)
                     # Answers that came while waiting may stop, pause or hold the campaign (402,
@@ -213,9 +226,13 @@ class CampaignRunner:
                     before = (self.generation, self.rate_limited)
                     self._collect(in_flight, again, block=False)
                     if (self.generation, self.rate_limited) != before:
-                        again.appendleft(recipient)
+                        if not recorded:
+                            again.appendleft(recipient)
                         continue
-                    self.ledger.record_attempt(phone)  # durable before the POST
+                    if recorded:
+                        self.reserved.popleft()
+                    else:
+                        self._record_attempts(recipient, len(in_flight), again, source)
                     answered: list[float | None] = [None]
                     self.answered.append(answered)
                     future = pool.submit(self._send, recipient, answered)
@@ -225,8 +242,43 @@ class CampaignRunner:
                 # Stop sending, but record what the requests in flight did before leaving.
                 for future in in_flight:
                     future.cancel()
+                self._refuse_reserved()
                 self._collect(in_flight, again, block=True, draining=True)
                 raise
+
+    def _record_attempts(
+        self,
+        recipient: Mapping[str, Any],
+        in_flight: int,
+        again: deque[Mapping[str, Any]],
+        source: Iterator[Mapping[str, Any]],
+    ) -> None:
+        """Write the attempt of ``recipient``, durable before its POST, with those of the sends due
+        while the write takes (a slow store at a high pace): one write for the group, never more
+        sends ahead than the in-flight window allows. The others wait in :attr:`reserved`."""
+        size = min(math.ceil(1.25 * self.attempt_seconds / self.pacer.interval), self.workers - in_flight)
+        group = [recipient]
+        while len(group) < size:
+            following = again.popleft() if again else next(source, None)
+            if following is None:
+                break
+            phone = following["recipient_phone"]
+            if self.ledger.should_send(phone, self.settings.resend_unknown):
+                group.append(following)
+            else:
+                self.skipped[self.ledger.state.get(phone) or SENT] += 1
+        written = self.clock()
+        self.ledger.record_attempts([r["recipient_phone"] for r in group])
+        self.attempt_seconds += 0.3 * (self.clock() - written - self.attempt_seconds)
+        self.reserved.extend(group[1:])
+        self._wait_for_window()  # in case the write was quicker than that
+
+    def _refuse_reserved(self) -> None:
+        """Record the grouped attempts that were never sent as refused (nothing was sent)."""
+        while self.reserved:
+            phone = self.reserved.popleft()["recipient_phone"]
+            with contextlib.suppress(FamulorError):  # e.g. fenced out: they stay unknown, never sent
+                self._outcome(phone, REFUSED, error="the campaign stopped before this send")
 
     def _send(self, recipient: Mapping[str, Any], answered: list[float | None]) -> WhatsAppMessage:
         try:
@@ -240,18 +292,20 @@ class CampaignRunner:
         finally:
             answered[0] = self.clock()
 
-    def _wait_for_window(self) -> None:
+    def _wait_for_window(self, ahead: float = 0.0) -> None:
         """Keep any window of the API's limit free of more than ``window_sends`` sends.
 
         The API counted each send at some time before its answer, so one window after the answer
         to the send ``window_sends`` back is safe. A send still unanswered (a slow answer) does not
         hold the campaign: the pacer's spacing is all that applies then.
+
+        :param ahead: end the wait this many seconds early (the time the ledger write takes).
         """
         if len(self.answered) < self.window_sends:
             return
         answered = self.answered[0][0]
         if answered is not None:
-            delay = answered + self.window - self.clock()
+            delay = answered + self.window - ahead - self.clock()
             if delay > 0:
                 self.sleep(delay)
 

@@ -410,7 +410,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
     Send one approved template to many recipients in one task, paced at the account's limit.
 
     Every recipient is checked and deduplicated (by normalized phone) before the first send. A
-    durable ledger (one JSON Lines file per task instance, under ``ledger_path``) records each
+    durable ledger (per task instance, under ``ledger_path``: a POSIX folder or an S3 bucket) records each
     recipient before and after its request, and every later try (a retry, a clear, a rerun after
     the worker was killed) reads it first: a sent recipient is never sent again, one whose
     outcome is unknown is not sent again unless ``resend_unknown``, one rejected for good
@@ -428,8 +428,10 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
     :param template_id: the approved template's id; or give ``template_name``.
     :param template_name: the approved template's name, resolved once per campaign.
     :param language: the template's language, when its name is approved in several.
-    :param ledger_path: the ledger folder (path or ``file://`` URI) on storage every worker sees;
-        default ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+    :param ledger_path: where the ledger lives, seen by every worker: a folder (path or ``file://``
+        URI) on a POSIX file system, or ``s3://bucket/prefix`` (S3 or an S3-compatible store; needs
+        ``airflow-provider-famulor[amazon]``); default ``$AIRFLOW_HOME/famulor/campaign-ledgers``.
+    :param ledger_conn_id: the Airflow AWS connection of an ``s3://`` ledger_path.
     :param max_sends_per_second: the account's send limit (default ``None``: the documented 5/s).
     :param invalid_recipients: ``"fail"`` (default: send nothing if any row is invalid) or ``"skip"``.
     :param resend_unknown: send again to recipients whose outcome an earlier try could not know.
@@ -455,6 +457,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         "template_name",
         "language",
         "ledger_path",
+        "ledger_conn_id",
         "max_sends_per_second",
         "invalid_recipients",
         "resend_unknown",
@@ -476,6 +479,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         template_name: str | None = None,
         language: str | None = None,
         ledger_path: str | None = None,
+        ledger_conn_id: str = "aws_default",
         max_sends_per_second: float | None = None,
         invalid_recipients: str = "fail",
         resend_unknown: bool = False,
@@ -495,6 +499,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
         self.template_name = template_name
         self.language = language
         self.ledger_path = ledger_path
+        self.ledger_conn_id = ledger_conn_id
         self.max_sends_per_second = max_sends_per_second
         self.invalid_recipients = invalid_recipients
         self.resend_unknown = resend_unknown
@@ -523,6 +528,7 @@ class SendWhatsAppCampaignOperator(FamulorHookMixin, BaseOperator):
                 sender_id=sender_id,
                 template_id=given_id,
                 allow_new_ledger=check_flag(self.allow_new_ledger, "allow_new_ledger"),
+                conn_id=str(self.ledger_conn_id or "aws_default"),
             )
         self.log.info("Campaign ledger: %s (try %d of this task instance)", ledger.path, ledger.tries)
         with ledger:

@@ -24,6 +24,7 @@ from famulor_provider.campaign.ledger import (
     resolve_ledger_folder,
     summarize,
 )
+from famulor_provider.campaign.stores import posix as posix_store
 from famulor_provider.exceptions import (
     FamulorError,
     FamulorLedgerConflictError,
@@ -89,12 +90,21 @@ def test_file_uri_and_default_folder(tmp_path, monkeypatch):
         assert ledger.path.startswith(str(tmp_path) + "/")
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/ledgers", "gs://bucket/x", "abfs://c@acct/x", "http://host/x"])
-def test_object_stores_are_refused_with_the_reason(uri, tmp_path):
-    with pytest.raises(FamulorValidationError, match=r"cannot append to a file, fsync it or lock it") as err:
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "abfs://c@acct/x", "http://host/x"])
+def test_stores_other_than_s3_and_posix_are_refused_naming_both(uri, tmp_path):
+    with pytest.raises(FamulorValidationError, match=r"is not a store the ledger can write to") as err:
         open_ledger(uri)
     assert err.value.field == "ledger_path"
-    assert "NFS, EFS or a shared volume" in str(err.value)
+    assert "s3://bucket/prefix" in str(err.value) and "NFS, EFS or a shared volume" in str(err.value)
+
+
+def test_an_s3_ledger_path_names_a_folder_of_objects_per_task_instance():
+    assert resolve_ledger_folder("s3://bucket/ledgers/") == "s3://bucket/ledgers"
+    assert ledger_file_path("s3://bucket", **IDENTITY, map_index=3) == (
+        "s3://bucket/campaign/manual__2025-01-31T09%3A00%3A00%2B00%3A00/send__3/"
+    )
+    with pytest.raises(FamulorValidationError, match="s3://bucket or s3://bucket/prefix"):
+        resolve_ledger_folder("s3:///no-bucket")
 
 
 def test_relative_paths_and_remote_file_uris_are_refused():
@@ -265,8 +275,8 @@ def test_a_second_open_waits_for_the_lock_then_fails(tmp_path, monkeypatch):
         sleeps.append(seconds)
         clock[0] += seconds
 
-    monkeypatch.setattr(ledger_module, "_monotonic", lambda: clock[0])
-    monkeypatch.setattr(ledger_module, "_sleep", fake_sleep)
+    monkeypatch.setattr(posix_store, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(posix_store, "_sleep", fake_sleep)
     with pytest.raises(FamulorError, match="Another try of this task instance is still running"):
         open_ledger(tmp_path, try_number=2, lock_timeout=1.0)
     assert sleeps == [0.2] * 5
@@ -275,7 +285,7 @@ def test_a_second_open_waits_for_the_lock_then_fails(tmp_path, monkeypatch):
         fake_sleep(seconds)
         first.close()
 
-    monkeypatch.setattr(ledger_module, "_sleep", release_while_waiting)
+    monkeypatch.setattr(posix_store, "_sleep", release_while_waiting)
     with open_ledger(tmp_path, try_number=2, lock_timeout=1.0) as second:
         assert second.tries == 2  # the failed open wrote nothing
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from famulor_provider.campaign.ledger import CampaignLedger
-from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings
-from famulor_provider.exceptions import FamulorRateLimitError
+import pytest
+
+from famulor_provider.campaign.ledger import CampaignLedger, read_campaign_ledger
+from famulor_provider.campaign.runner import CampaignRunner, CampaignSettings, CampaignStopped
+from famulor_provider.exceptions import FamulorInsufficientBalanceError, FamulorRateLimitError
 
 PHONES = [f"+1415555{n:04d}" for n in range(5)]
 
@@ -102,3 +104,102 @@ def test_a_hold_is_capped_at_60_seconds(tmp_path: Path) -> None:
 
     last_in_flight = max(at for _, at in hook.calls[:5])
     assert 60.0 <= min(at for _, at in hook.calls[5:]) - last_in_flight < 60.1
+
+
+class SlowWrites:
+    """A ledger whose every write takes ``seconds`` of the fake clock (a store 100 ms away)."""
+
+    def __init__(self, ledger: CampaignLedger, clock: FakeClock, seconds: float) -> None:
+        self.ledger, self.clock, self.seconds = ledger, clock, seconds
+        self.groups: list[list[str]] = []
+
+    def record_attempts(self, phones: list[str]) -> None:
+        self.groups.append(list(phones))
+        with self.clock.lock:
+            self.clock.now += self.seconds
+        self.ledger.record_attempts(phones)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+
+class BalanceRunsOut:
+    """Answers every send at once; the first one with 402 INSUFFICIENT_BALANCE."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def send_whatsapp_template(self, sender_id: int, template_id: int, phone: str, **_: Any) -> Any:
+        self.calls.append(phone)
+        if len(self.calls) == 1:
+            raise FamulorInsufficientBalanceError("402", status_code=402, error_code="INSUFFICIENT_BALANCE")
+        return SimpleNamespace(message_id=len(self.calls), status="queued")
+
+
+def every_send_answered(runner: CampaignRunner) -> None:
+    """Wait (in real time, at most 10 s) until every send in flight has its answer."""
+    deadline = time.monotonic() + 10
+    while any(answered[0] is None for answered in list(runner.answered)):
+        assert time.monotonic() < deadline, "a send never answered"
+        time.sleep(0.001)
+
+
+def test_attempts_grouped_ahead_and_never_sent_are_refused_when_the_campaign_stops(tmp_path: Path) -> None:
+    """20 sends/s with 100 ms per ledger write: the attempts of the sends due during a write go
+    in one write; when the campaign stops, those not yet sent are refused (nothing was sent), not
+    left in flight, so a cleared task sends them."""
+    clock = FakeClock()
+    hook = BalanceRunsOut()
+    settings = CampaignSettings(
+        sender_id=12, template_id=1, max_sends_per_second=20, resend_unknown=False, offline_timeout=10
+    )
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
+    with CampaignLedger.open(tmp_path, **identity, try_number=1) as ledger:
+        slow = SlowWrites(ledger, clock, 0.1)
+        runner = CampaignRunner(hook, settings, slow, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        runner.attempt_seconds = 0.1  # as measured on the writes before
+        clock.settle = lambda: every_send_answered(runner)
+        with pytest.raises(CampaignStopped, match="Nothing more was sent"):
+            runner.run([{"recipient_phone": phone} for phone in PHONES], len(PHONES))
+
+        assert slow.groups == [PHONES[:3]]  # one write for the three sends due during it
+        assert hook.calls == PHONES[:1]  # the 402 stopped the campaign before the second send
+        assert ledger.state == dict.fromkeys(PHONES[:3], "refused")
+    records = {r["recipient_phone"]: r["error"] for r in read_campaign_ledger(ledger.path)}
+    assert records[PHONES[1]] == records[PHONES[2]] == "the campaign stopped before this send"
+
+
+class Accepts:
+    """Answers every send at once, noting the (fake) time of each."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, float]] = []
+
+    def send_whatsapp_template(self, sender_id: int, template_id: int, phone: str, **_: Any) -> Any:
+        self.calls.append((phone, self.clock()))
+        return SimpleNamespace(message_id=len(self.calls), status="queued")
+
+
+def test_a_ledger_write_of_50_ms_does_not_slow_the_pace_of_5_per_second(tmp_path: Path) -> None:
+    """The window's wait ends early by the write's time, so the write overlaps it: 11 sends at 5/s
+    span about 2.0 s (not 2.1 s: five sends per 1.05 s, the write added to each window)."""
+    clock = FakeClock()
+    hook = Accepts(clock)
+    settings = CampaignSettings(
+        sender_id=12, template_id=1, max_sends_per_second=5, resend_unknown=False, offline_timeout=10
+    )
+    phones = [f"+1415555{n:04d}" for n in range(11)]
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}
+    with CampaignLedger.open(tmp_path, **identity, try_number=1) as ledger:
+        slow = SlowWrites(ledger, clock, 0.05)
+        runner = CampaignRunner(hook, settings, slow, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        clock.settle = lambda: every_send_answered(runner)
+        runner.run([{"recipient_phone": phone} for phone in phones], len(phones))
+
+    times = [at for _, at in hook.calls]
+    assert [phone for phone, _ in hook.calls] == phones
+    assert all(len(group) == 1 for group in slow.groups)  # 50 ms < 200 ms between sends: no grouping
+    assert times[-1] - times[0] < 2.05, times
+    # ... and the API's window still holds: never more than 5 sends in any second.
+    assert all(later - earlier >= 1.0 - 1e-6 for earlier, later in zip(times, times[5:], strict=False))

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
+from urllib.parse import quote
 
 import pytest
 from airflow_harness import airflow_version
@@ -707,3 +709,72 @@ def test_per_recipient_lines_mask_phones_and_read_the_switch_once(
         assert "+1415****02" in rejected[0]
     # Progress and summary lines carry counts only.
     assert any(line.startswith("Campaign done: 6/6 recipients") for line in lines)
+
+
+# -- n. a ledger on S3 (moto's server on 127.0.0.1) --------------------------------------------------
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    pytest.importorskip("airflow.providers.amazon", reason="needs airflow-provider-famulor[amazon]")
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        server.create_bucket("famulor-ledgers")
+        yield server
+
+
+def test_an_s3_ledger_resumes_on_the_retry_and_is_read_back(
+    run_dag: Callable[..., Any], sandbox: FamulorSandbox, s3: Any, tries: list[Any]
+) -> None:
+    from s3_server import aws_conn_env
+
+    refused = PHONES[2]
+    sandbox.inject("status", status=422, body=NOT_THIS_TIME, path=SEND_PATH, recipient_phone=refused)
+    env = {**sandbox.env(), **aws_conn_env(s3.url)}
+    conf = {"recipients": recipients_for(PHONES[:5]), "ledger_path": "s3://famulor-ledgers/campaigns"}
+
+    result = run_dag(DAG_FILE, DAG_ID, conf=conf, env=env, timeout=120)
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("success", 2)
+    assert billed(sandbox) == dict.fromkeys(PHONES[:5], 1)
+    assert posts(sandbox) == 6  # the refused one twice, nobody else
+    summary = ti.return_value
+    assert summary["ledger"] == (
+        f"s3://famulor-ledgers/campaigns/{DAG_ID}/{quote(result.run_id, safe='')}/campaign/"
+    )
+    assert (summary["sent"], summary["sent_this_try"], summary["failed"]) == (5, 1, 0)
+    (_, first), (_, second) = tries
+    assert "1 recipient(s) refused" in str(first) and second is None
+    with mock.patch.dict(os.environ, aws_conn_env(s3.url)):
+        assert outcomes(summary["ledger"]) == {**dict.fromkeys(PHONES[:5], ("sent", 1)), refused: ("sent", 2)}
+        events = list(iter_ledger_events(summary["ledger"]))
+    assert [e["try_number"] for e in events if e["type"] == "try"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("setup", "why"),
+    [
+        ("no-bucket", "'no-such-bucket' does not exist"),
+        ("ignores-if-none-match", "ignores conditional writes"),
+    ],
+)
+def test_a_bad_s3_setup_fails_once_without_retry_before_any_send(
+    run_dag: Callable[..., Any], sandbox: FamulorSandbox, s3: Any, tries: list[Any], setup: str, why: str
+) -> None:
+    from s3_server import S3Proxy, aws_conn_env
+
+    with S3Proxy(s3.url, strip_if_none_match=True) as proxy:
+        endpoint, bucket = (
+            (s3.url, "no-such-bucket") if setup == "no-bucket" else (proxy.url, "famulor-ledgers")
+        )
+        conf = {"recipients": recipients_for(PHONES[:3]), "ledger_path": f"s3://{bucket}/campaigns"}
+        result = run_dag(DAG_FILE, DAG_ID, conf=conf, env={**sandbox.env(), **aws_conn_env(endpoint)})
+
+    ti = result.ti("campaign")
+    assert (ti.state, ti.try_number) == ("failed", 1)  # retries=1, but no retry
+    assert posts(sandbox) == 0
+    [(_, error)] = tries
+    assert type(error).__name__ == "AirflowFailException"
+    assert "Invalid ledger_path" in str(error) and why in str(error)
