@@ -15,10 +15,11 @@
 reads are) and returns the messages with their full fields. Messages have no id and no time: a
 message is known by its position, so the function checks that the history still begins as the
 trigger read it (at least ``history_length`` messages, the same ``roles_digest``). When it does
-not (messages deleted since, or the conversation), the event's message is reported in
-``InboundMessages.gone``, never replaced by the message now at that position. A history cut and
-then grown back past ``history_length`` with the same sequence of who wrote is beyond what
-positions can tell.
+not (messages were deleted since, or the conversation was), the event is reported in
+``InboundMessages.cut``, never answered with whatever message is at that position now; a message
+that is still there is reported too when others before ``history_length`` were deleted (positions
+cannot tell which). A history cut and then grown back past ``history_length`` with the same
+sequence of who wrote passes for the one the trigger read: positions cannot tell that either.
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ def roles_digest(messages: Sequence[ConversationMessage]) -> str:
 
 
 @dataclass(frozen=True)
-class GoneMessage:
-    """An event whose message is no longer in its conversation. No personal data: log it freely.
+class CutMessage:
+    """An event whose conversation lost messages since the trigger read it (or was deleted): its
+    message cannot be told apart any longer. No personal data: log it freely.
 
     :param dedupe_key: the event's ``dedupe_key``.
     :param conversation_id: the conversation.
     :param message_index: the message's position when the trigger read it.
-    :param reason: what was found instead.
+    :param reason: what the read found instead.
     """
 
     dedupe_key: str
@@ -79,11 +81,11 @@ class InboundMessages:
         :data:`MESSAGE_KEYS`: ``conversation_id``, ``sender_phone``, ``sender_name``,
         ``customer_phone``, ``customer_name``, ``text``, ``message_index``, ``variables``,
         ``dedupe_key``.
-    :param gone: the events whose message was deleted since the trigger read it.
+    :param cut: the events whose conversation lost messages since the trigger read it.
     """
 
     messages: list[dict[str, Any]] = field(default_factory=list)
-    gone: list[GoneMessage] = field(default_factory=list)
+    cut: list[CutMessage] = field(default_factory=list)
 
 
 def _payload(event: Any) -> Mapping[str, Any] | None:
@@ -98,7 +100,7 @@ def _payload(event: Any) -> Mapping[str, Any] | None:
 
 
 def _check(history: ConversationHistory, event: Mapping[str, Any]) -> str | None:
-    """Why the event's message is not in ``history`` any longer; ``None`` when it is."""
+    """Why the event's message cannot be told apart in ``history`` any longer; ``None``: it can."""
     index, length = int(event["message_index"]), int(event["history_length"])
     if len(history.messages) < max(length, index + 1):
         return f"the history has {len(history.messages)} message(s) now, {length} when the trigger read it"
@@ -151,7 +153,7 @@ def inbound_messages(events: Iterable[Any], *, famulor_conn_id: str = "famulor_d
             by_conversation.setdefault(str(payload["conversation_id"]), []).append(payload)
     hook = FamulorHook(famulor_conn_id)
     found: dict[str, dict[str, Any]] = {}
-    gone: dict[str, GoneMessage] = {}
+    cut: dict[str, CutMessage] = {}
     for conversation_id, payloads in by_conversation.items():
         try:
             history: ConversationHistory | None = hook.get_conversation(conversation_id)
@@ -161,7 +163,7 @@ def inbound_messages(events: Iterable[Any], *, famulor_conn_id: str = "famulor_d
             reason = "the conversation was deleted" if history is None else _check(history, payload)
             key = str(payload["dedupe_key"])
             if reason is not None:
-                gone[key] = GoneMessage(key, conversation_id, int(payload["message_index"]), reason)
+                cut[key] = CutMessage(key, conversation_id, int(payload["message_index"]), reason)
             else:
                 assert history is not None
                 found[key] = _message(history, payload)
@@ -169,13 +171,13 @@ def inbound_messages(events: Iterable[Any], *, famulor_conn_id: str = "famulor_d
     for key, payload in wanted.items():
         if key in found:
             result.messages.append(found[key])
-        elif key in gone:
-            result.gone.append(gone[key])
+        elif key in cut:
+            result.cut.append(cut[key])
         else:
             result.messages.append({name: payload.get(name) for name in MESSAGE_KEYS})
-    for item in result.gone:
+    for item in result.cut:
         log.warning(
-            "Message %s of conversation %s is gone (%s): its event is skipped",
+            "Message %s of conversation %s cannot be told apart (%s): its event is skipped",
             item.message_index,
             item.conversation_id,
             item.reason,

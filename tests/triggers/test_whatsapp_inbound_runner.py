@@ -196,7 +196,7 @@ def test_the_events_airflow_logs_and_stores_hold_no_personal_data_yet_give_every
     assert [event["dedupe_key"] for event in runner.stored] == [f"{cid}:0", f"{cid}:2"]
 
     result = inbound_messages(runner.stored)
-    assert result.gone == []
+    assert result.cut == []
     assert result.messages == [
         {
             "conversation_id": cid,
