@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def requests_to(sandbox: Any, prefix: str) -> int:
 def trigger_reads(sandbox: Any) -> int:
     """Reads right after a listing page: the trigger's (the DAG's task reads without listing)."""
     paths = [r.path for r in sandbox.requests]
-    return sum(1 for before, path in zip(paths, paths[1:]) if before == LISTING and path.startswith(READ))
+    return sum(1 for before, path in pairwise(paths) if before == LISTING and path.startswith(READ))
 
 
 def test_every_message_is_an_event_across_three_triggerer_kills(
