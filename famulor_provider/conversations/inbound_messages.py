@@ -108,7 +108,7 @@ def _check(history: ConversationHistory, event: Mapping[str, Any]) -> str | None
         roles_digest(history.messages[:length]) != event["roles_digest"]
         or not history.messages[index].is_customer
     ):
-        return "the history's first messages are not the ones the trigger read (messages were deleted)"
+        return "the history's first messages are not the ones the trigger read: messages were deleted"
     return None
 
 
@@ -137,9 +137,10 @@ def inbound_messages(events: Iterable[Any], *, famulor_conn_id: str = "famulor_d
 
     :param events: asset events (anything with ``extra``, or ``extra`` dicts, or the payloads).
     :param famulor_conn_id: the connection of the trigger that fired them.
+    :raises FamulorValidationError: an event of the trigger lacks a key it always has.
     :raises FamulorError: a read failed after its retries (other than a deleted conversation).
     """
-    from famulor_provider.exceptions import FamulorConversationNotFoundError
+    from famulor_provider.exceptions import FamulorConversationNotFoundError, FamulorValidationError
     from famulor_provider.hooks.famulor import FamulorHook
 
     wanted: dict[str, Mapping[str, Any]] = {}
@@ -148,9 +149,15 @@ def inbound_messages(events: Iterable[Any], *, famulor_conn_id: str = "famulor_d
         if payload is not None:
             wanted.setdefault(str(payload["dedupe_key"]), payload)
     by_conversation: dict[str, list[Mapping[str, Any]]] = {}
-    for payload in wanted.values():
-        if "text" not in payload:  # an earlier release's event holds the message
-            by_conversation.setdefault(str(payload["conversation_id"]), []).append(payload)
+    for key, payload in wanted.items():
+        if "text" in payload:  # an earlier release's event holds the message: nothing to read
+            continue
+        missing = [
+            name for name in ("message_index", "history_length", "roles_digest") if name not in payload
+        ]
+        if missing:
+            raise FamulorValidationError("events", f"the inbound event {key} has no {', '.join(missing)}")
+        by_conversation.setdefault(str(payload["conversation_id"]), []).append(payload)
     hook = FamulorHook(famulor_conn_id)
     found: dict[str, dict[str, Any]] = {}
     cut: dict[str, CutMessage] = {}

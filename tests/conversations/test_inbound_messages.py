@@ -165,3 +165,14 @@ def test_an_event_of_an_earlier_release_holds_the_message_and_is_taken_as_it_is(
     before = len(famulor_sandbox.requests)
     assert inbound_messages([SimpleNamespace(extra={"payload": earlier})]).messages == [earlier]
     assert len(famulor_sandbox.requests) == before  # nothing to read
+
+
+def test_an_event_without_its_position_is_a_clear_error_before_any_read(famulor_sandbox: Any):
+    from famulor_provider.exceptions import FamulorValidationError
+
+    before = len(famulor_sandbox.requests)
+    with pytest.raises(
+        FamulorValidationError, match="the inbound event c1:0 has no history_length, roles_digest"
+    ):
+        inbound_messages([{"conversation_id": "c1", "message_index": 0, "dedupe_key": "c1:0"}])
+    assert len(famulor_sandbox.requests) == before
