@@ -2,12 +2,13 @@
 
 The asset ``famulor_whatsapp_inbound`` is watched by ``WhatsAppInboundMessageTrigger`` in the
 triggerer: every new customer message of the sender's WhatsApp conversations becomes one asset
-event, and the DAG runs for them. Each event's ``extra["payload"]`` is the message (``conversation_id``,
-``sender_phone``, ``customer_phone``, ``customer_name``, ``text``, ``message_index``,
-``variables``, ``dedupe_key``). Several events may arrive in one run (Airflow queues them while a
-run is pending): the task handles each one, and ``dedupe_key`` lets a real consumer skip a
-message it already handled (after a triggerer crash a message may come twice). The task logs
-counts and masked numbers at INFO; names and texts (personal data) only at DEBUG.
+event, and the DAG runs for them. An event says where the message is, never whose or what it is
+(Airflow logs each event at INFO and stores it in ``asset_event``): the task turns the run's
+events into the messages with ``inbound_messages`` (one read per conversation), each
+``dedupe_key`` once. Several events may arrive in one run (Airflow queues them while a run is
+pending), and after a triggerer crash a message may come twice: ``dedupe_key`` lets a real
+consumer skip a message it already handled. The task logs counts and masked numbers at INFO;
+names and texts (personal data) only at DEBUG.
 
 Needs a Famulor connection ``famulor_default`` (or the local sandbox:
 ``python -m famulor_provider.testing serve``, then make a customer write with
@@ -56,6 +57,7 @@ if AIRFLOW_V_3_0_PLUS:  # Airflow 2.11: no AssetWatcher, so no DAG here (the fil
         @task(inlets=[inbound])
         def handle_messages(**context: object) -> list[str]:
             """Log this run's messages: counts and masked numbers at INFO, names and texts at DEBUG."""
+            from famulor_provider.conversations.inbound_messages import inbound_messages
             from famulor_provider.privacy import phone_for_log
 
             log = logging.getLogger("famulor_whatsapp_inbound")
@@ -68,11 +70,12 @@ if AIRFLOW_V_3_0_PLUS:  # Airflow 2.11: no AssetWatcher, so no DAG here (the fil
             asset_events = context["inlet_events"][inbound]  # type: ignore[index]
             if hasattr(asset_events, "after"):  # Airflow 3.3+: a query (3.1 reads every event)
                 events += asset_events.after(context["dag_run"].run_after)  # type: ignore[attr-defined]
-            payloads = [event.extra["payload"] for event in events if "payload" in (event.extra or {})]
-            messages = {payload["dedupe_key"]: payload for payload in payloads}
-            log.info("%d message(s) in this run", len(messages))
+            found = inbound_messages(events)  # reads each conversation once; each dedupe_key once
+            log.info("%d message(s) in this run", len(found.messages))
+            if found.cut:  # messages deleted since the trigger read them (each one logged, no personal data)
+                log.warning("%d message(s) cannot be read any longer: their history was cut", len(found.cut))
             handled = []
-            for message in messages.values():
+            for message in found.messages:
                 log.info(
                     "Message %s from %s to %s",
                     message["dedupe_key"],

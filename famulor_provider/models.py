@@ -473,6 +473,7 @@ class ConversationHistory:
     sender_phone: str | None
     customer_phone: str | None
     customer_name: str | None
+    sender_name: str | None = None
 
     @classmethod
     def from_api(cls, conversation_id: str, payload: Any) -> ConversationHistory:
@@ -506,6 +507,7 @@ class ConversationHistory:
             sender_phone=_optional_text(sender.get("phone")),
             customer_phone=_optional_text(customer.get("phone")),
             customer_name=_optional_text(customer.get("name")),
+            sender_name=_optional_text(sender.get("name")),
         )
 
     def customer_messages(self, start: int = 0) -> list[ConversationMessage]:

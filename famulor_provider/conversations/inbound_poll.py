@@ -75,6 +75,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from famulor_provider.conversations.inbound_cursor import CursorStore, InboundCursor
+from famulor_provider.conversations.inbound_messages import roles_digest
 from famulor_provider.exceptions import FamulorError
 
 if TYPE_CHECKING:
@@ -96,20 +97,17 @@ class ConversationUpdate:
     """
     The messages ``[start, end)`` of one conversation, as read after its ``message_count`` grew.
 
-    ``messages`` holds the customer's messages (``role: "user"``) of that range only, each a
-    dict with ``message_index`` and ``text``; the range may hold none (only assistant messages),
-    and still moves the cursor once acknowledged.
+    ``indices`` are the positions of the customer's messages (``role: "user"``) of that range;
+    the range may hold none (only assistant messages), and still moves the cursor once
+    acknowledged. It holds no customer number, name or text: nothing of it is personal data.
     """
 
     conversation_id: str
     start: int
     end: int
-    sender_phone: str | None
-    sender_name: str | None
-    customer_phone: str | None
-    customer_name: str | None
-    variables: dict[str, Any] | None
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    sender_phone: str | None  # the business number
+    indices: tuple[int, ...] = ()
+    roles_digest: str = ""  # who wrote each message [0, end): see inbound_messages.roles_digest
     epoch: int = 0  # how many times the conversation's history was seen cut
     # One entry per subscriber that took every event of the update (see handed_over()).
     handovers: list[bool] = field(default_factory=list, compare=False, repr=False)
@@ -130,20 +128,20 @@ class ConversationUpdate:
         return f"{key}@{self.epoch}" if self.epoch else key
 
     def events(self) -> list[dict[str, Any]]:
-        """One payload per customer message, with a stable ``dedupe_key``."""
+        """One payload per customer message: where it is, never whose or what it is (Airflow logs
+        each event at INFO); :func:`~famulor_provider.conversations.inbound_messages.inbound_messages`
+        turns them into the messages."""
         return [
             {
                 "conversation_id": self.conversation_id,
                 "sender_phone": self.sender_phone,
-                "sender_name": self.sender_name,
-                "customer_phone": self.customer_phone,
-                "customer_name": self.customer_name,
-                "text": message["text"],
-                "message_index": message["message_index"],
-                "variables": self.variables,
-                "dedupe_key": self.dedupe_key(message["message_index"]),
+                "message_index": index,
+                "history_length": self.end,
+                "roles_digest": self.roles_digest,
+                "epoch": self.epoch,
+                "dedupe_key": self.dedupe_key(index),
             }
-            for message in self.messages
+            for index in self.indices
         ]
 
 
@@ -464,16 +462,9 @@ class InboundPoller:
             start=seen,
             end=end,
             sender_phone=history.sender_phone or conversation.sender_phone,
-            sender_name=conversation.sender_name,
-            customer_phone=history.customer_phone or conversation.customer_phone,
-            customer_name=history.customer_name or conversation.customer_name,
-            variables=history.variables if history.variables is not None else conversation.variables,
+            indices=tuple(message.index for message in history.messages[seen:end] if message.is_customer),
+            roles_digest=roles_digest(history.messages),
             epoch=self.cursor.epoch(conversation.id) if self.cursor is not None else 0,
-            messages=[
-                {"message_index": message.index, "text": message.content}
-                for message in history.messages[seen:end]
-                if message.is_customer
-            ],
         )
 
     def acknowledge(self, conversation_id: str, start: int, end: int) -> bool:

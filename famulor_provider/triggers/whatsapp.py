@@ -632,11 +632,14 @@ class WhatsAppInboundMessageTrigger(BaseEventTrigger):
 
     Polls ``GET /user/conversations`` (``per_page=100``) and reads ``GET /conversations/{uuid}``
     only for a conversation whose ``message_count`` grew past the cursor; yields one
-    ``TriggerEvent`` per new ``role: "user"`` message with ``conversation_id``, ``sender_phone``,
-    ``sender_name``, ``customer_phone``, ``customer_name``, ``text``, ``message_index``,
-    ``variables`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``, plus ``"@{n}"`` once
-    the conversation's history was seen cut ``n`` times). Messages that existed when the watcher
-    first started are history, not events.
+    ``TriggerEvent`` per new ``role: "user"`` message saying where it is, never whose or what it
+    is (Airflow logs every event at INFO and stores it in ``asset_event``): ``conversation_id``,
+    ``sender_phone`` (the business number), ``message_index``, ``history_length``,
+    ``roles_digest``, ``epoch`` and ``dedupe_key`` (``"{conversation_id}:{message_index}"``, plus
+    ``"@{n}"`` once the conversation's history was seen cut ``n`` times). The consuming task
+    turns them into the messages with
+    :func:`~famulor_provider.conversations.inbound_messages.inbound_messages` (one read per
+    conversation). Messages that existed when the watcher first started are history, not events.
 
     Airflow 3.3+ (the guarantee: no message lost; a duplicate only after a triggerer crash):
     the trigger opts into a shared stream in ack mode. Watchers of the same scope (connection,

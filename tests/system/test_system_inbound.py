@@ -6,7 +6,9 @@ customers write messages while the triggerer is SIGKILLed and restarted three ti
 right after the trigger read a conversation with new messages). Then, in the metadata database:
 every message has at least one ``asset_event`` (none lost), at most one extra per kill (the
 same ``dedupe_key``), and every message was handled by a successful DAG run (its task's
-return value) without a later message to flush it (apache/airflow#56050).
+return value: the messages it read back with ``inbound_messages``) without a later message to
+flush it (apache/airflow#56050). Neither ``asset_event`` nor the triggerer's log holds a
+customer's number or words.
 
 Slow (about three minutes): runs only with ``FAMULOR_SYSTEM_TEST=1`` (``make test-system``).
 """
@@ -18,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ SENDER = "+4930901820"
 CUSTOMERS = [f"+4915100{n:06d}" for n in range(8)]
 KILLS = 3
 LISTING = "/api/user/conversations"
+WORDS = "customer words"  # every customer message starts with them
 READ = "/api/conversations/"
 
 
@@ -66,6 +70,12 @@ def requests_to(sandbox: Any, prefix: str) -> int:
     return sum(1 for r in sandbox.requests if r.path.startswith(prefix))
 
 
+def trigger_reads(sandbox: Any) -> int:
+    """Reads right after a listing page: the trigger's (the DAG's task reads without listing)."""
+    paths = [r.path for r in sandbox.requests]
+    return sum(1 for before, path in pairwise(paths) if before == LISTING and path.startswith(READ))
+
+
 def test_every_message_is_an_event_across_three_triggerer_kills(
     deployment: AirflowDeployment, famulor_sandbox: Any
 ) -> None:
@@ -85,7 +95,7 @@ def test_every_message_is_an_event_across_three_triggerer_kills(
         n = 0
         while not stop.is_set():
             receipt = famulor_sandbox.receive(
-                SENDER, CUSTOMERS[n % len(CUSTOMERS)], f"message {n}", assistant_reply=f"reply {n}"
+                SENDER, CUSTOMERS[n % len(CUSTOMERS)], f"{WORDS} {n}", assistant_reply=f"reply {n}"
             )
             written.append(receipt)
             n += 1
@@ -107,10 +117,10 @@ def test_every_message_is_an_event_across_three_triggerer_kills(
             polling()
             time.sleep(3)  # events flow
             if kill == 1:  # right after the trigger read a conversation with new messages
-                reads = requests_to(famulor_sandbox, READ)
+                reads = trigger_reads(famulor_sandbox)
                 deployment.wait_until(
                     "a read of a changed conversation",
-                    lambda reads=reads: requests_to(famulor_sandbox, READ) > reads,
+                    lambda reads=reads: trigger_reads(famulor_sandbox) > reads,
                     timeout=30,
                 )
             deployment.kill_worker("triggerer" if kill == 0 else f"triggerer-{kill + 1}")
@@ -135,6 +145,17 @@ def test_every_message_is_an_event_across_three_triggerer_kills(
         f"system test: {len(expected)} messages, {sum(counts.values())} asset events, {extra} duplicates "
         f"over {KILLS} kills; per message at most {max(counts.values())}"
     )
+
+    # No customer's number or words where Airflow keeps trigger events: asset_event and the
+    # triggerer's log ("Trigger fired event", at INFO, payload included).
+    extras = "\n".join(extra for (extra,) in deployment.query("SELECT extra FROM asset_event"))
+    triggerer_logs = "\n".join(
+        path.read_text(errors="replace") for path in sorted(deployment.home.glob("triggerer*.log"))
+    )
+    assert "Trigger fired event" in triggerer_logs and "dedupe_key" in triggerer_logs
+    for where in (extras, triggerer_logs):
+        for personal in (WORDS, *CUSTOMERS, *(phone[1:] for phone in CUSTOMERS)):
+            assert personal not in where, personal
 
     # Every message is handled by a successful DAG run, with no later message to flush it. On
     # 3.3.2 an event stored after the first one that queued a run, before the run was created, is

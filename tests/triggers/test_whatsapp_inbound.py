@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ import pytest
 from fake_state_store import FakeAssetStateStore
 from famulor_fixtures import set_sandbox_conn
 
+from famulor_provider.conversations.inbound_messages import inbound_messages
 from famulor_provider.conversations.inbound_poll import InboundPoller
 from famulor_provider.triggers import whatsapp as trigger_module
 from famulor_provider.triggers.whatsapp import WhatsAppInboundMessageTrigger
@@ -31,11 +33,29 @@ OTHER_SENDER = "+14155551234"  # seed sender 12
 CONVERSATIONS_PATH = "/api/user/conversations"
 
 
+# The text of each event's message when the event was fired, by dedupe_key (events hold no text).
+TEXT_AT_EMIT: dict[str, str] = {}
+SANDBOX: list[Any] = []
+
+
 @pytest.fixture(autouse=True)
 def fast_budget(famulor_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox as the connection, with a polling budget that does not slow the tests down."""
     set_sandbox_conn(monkeypatch, famulor_sandbox, extra={"poll_requests_per_minute": 600_000})
     monkeypatch.setattr(trigger_module, "_inbound_stores", {})
+    TEXT_AT_EMIT.clear()
+    SANDBOX[:] = [famulor_sandbox]
+
+
+def message_text(event: dict[str, Any]) -> str:
+    """The text of the event's message, read from the sandbox's own record now (no request)."""
+    (sandbox,) = SANDBOX
+    with sandbox._lock:
+        message = sandbox._conversation_index.by_id[event["conversation_id"]].history[event["message_index"]]
+    assert message["role"].lower() == "user"
+    text = str(message["content"])
+    TEXT_AT_EMIT.setdefault(event["dedupe_key"], text)
+    return text
 
 
 class Triggerer:
@@ -56,6 +76,7 @@ class Triggerer:
         stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
         async for event in trigger.filter_shared_stream(stream):
             seq = self.manager.bind_pending_event(trigger_id=trigger_id, key=key)
+            message_text(event.payload)  # what the message says at the time of the event
             self.unconfirmed.append((seq, event.payload))
 
     def sync(self) -> None:
@@ -114,7 +135,8 @@ def trigger(**kwargs: Any) -> WhatsAppInboundMessageTrigger:
 
 
 def texts(events: list[dict[str, Any]]) -> list[str]:
-    return [event["text"] for event in events]
+    """The texts of the events' messages, as they were when each event was fired."""
+    return [TEXT_AT_EMIT[event["dedupe_key"]] for event in events]
 
 
 async def started(triggerer: Triggerer, store: FakeAssetStateStore) -> None:
@@ -147,7 +169,30 @@ def test_history_is_not_an_event_and_assistant_messages_never_are(famulor_sandbo
     conversations = {c["customer"]["phone"]: c for c in famulor_sandbox.conversations}
     first = conversations["+4915100000001"]["id"]
     second = conversations["+4915100000002"]["id"]
-    assert sorted(events, key=lambda e: e["text"]) == [
+    # Where each message is (who wrote what before it: "uaua", "u"), never whose or what it is.
+    assert sorted(events, key=lambda e: e["message_index"]) == [
+        {
+            "conversation_id": second,
+            "sender_phone": SENDER,
+            "message_index": 0,
+            "history_length": 1,
+            "roles_digest": hashlib.sha256(b"u").hexdigest()[:16],
+            "epoch": 0,
+            "dedupe_key": f"{second}:0",
+        },
+        {
+            "conversation_id": first,
+            "sender_phone": SENDER,
+            "message_index": 2,
+            "history_length": 4,
+            "roles_digest": hashlib.sha256(b"uaua").hexdigest()[:16],
+            "epoch": 0,
+            "dedupe_key": f"{first}:2",
+        },
+    ]
+    # The consuming task's read gives the message itself, with every field.
+    messages = inbound_messages(events).messages
+    assert sorted(messages, key=lambda m: m["text"]) == [
         {
             "conversation_id": second,
             "sender_phone": SENDER,
@@ -298,7 +343,7 @@ def test_a_kill_before_the_events_are_confirmed_repeats_them_once_and_loses_none
         while len(first.unconfirmed) < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        stored = [payload for _, payload in first.unconfirmed if payload["text"].startswith("stored")]
+        stored = [p for _, p in first.unconfirmed if texts([p])[0].startswith("stored")]
         await first.kill()
         famulor_sandbox.receive(SENDER, "+4915100000021", "after the kill")
         second = Triggerer()
@@ -396,7 +441,7 @@ def test_early_stop_only_when_the_listing_is_ordered_by_activity(
             famulor_sandbox.receive(SENDER, phones[n * 80], f"new {n}")  # anywhere in the listing
             async for update in poller.poll():
                 poller.acknowledge(update.conversation_id, update.start, update.end)
-                seen += [event["text"] for event in update.events()]
+                seen += [message_text(event) for event in update.events()]
             measured.append((poller.stats.pages, poller.stats.full_pass, poller.stats.stopped_early))
         assert seen == [f"new {n}" for n in range(4)]  # early stop or not, every message is found
         return measured
@@ -549,7 +594,7 @@ def test_the_customers_role_is_compared_without_regard_to_case(famulor_sandbox: 
                 {"role": "USER", "content": "all caps"},
             ]
             famulor_sandbox._conversation_index.touch(conversation, time.time())
-        return [event["text"] async for update in poller.poll() for event in update.events()]
+        return [message_text(event) async for update in poller.poll() for event in update.events()]
 
     assert asyncio.run(scenario()) == ["capital U", "all caps"]
 
@@ -573,7 +618,7 @@ def test_the_sweep_finds_a_change_the_front_misses_without_a_full_walk_in_any_po
         for _ in range(5):
             async for update in poller.poll():
                 poller.acknowledge(update.conversation_id, update.start, update.end)
-                seen += [event["text"] for event in update.events()]
+                seen += [message_text(event) for event in update.events()]
             pages.append(poller.stats.pages)
         return seen, pages
 
@@ -647,7 +692,7 @@ def test_a_kill_at_any_write_of_a_layout_change_replays_no_history_and_loses_not
     assert "hi" not in texts(after)  # no history replayed
     # The messages the stored cursor had not passed at the kill come once more, with the same
     # dedupe_key (tests/conversations: the stored cursor is exactly the one before or after).
-    repeated = Counter(e["dedupe_key"] for e in after if e["text"] != "after the restart")
+    repeated = Counter(e["dedupe_key"] for e in after if texts([e]) != ["after the restart"])
     assert set(repeated) <= {e["dedupe_key"] for e in before} and set(repeated.values()) <= {1}
     meta = json.loads(store.values[next(k for k in store.values if k.endswith(".meta"))])
     assert meta["buckets"] == 2

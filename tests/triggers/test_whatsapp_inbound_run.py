@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from famulor_fixtures import set_sandbox_conn
 
+from famulor_provider.conversations.inbound_messages import inbound_messages
 from famulor_provider.triggers.whatsapp import WhatsAppInboundMessageTrigger
 
 SENDER = "+4930901820"  # seed sender 21
@@ -51,13 +52,13 @@ def test_run_without_a_store_airflow_3_1_semantics(famulor_sandbox: Any):
     """run() (Airflow 3.0 - 3.2): history at start, one event per new message, cursor in memory."""
     famulor_sandbox.add_conversation(SENDER, "+4915100000051", history=[{"role": "user", "content": "old"}])
 
-    async def scenario() -> list[str]:
+    async def scenario() -> list[dict[str, Any]]:
         t = trigger()
-        events: list[str] = []
+        events: list[dict[str, Any]] = []
 
         async def consume() -> None:
             async for event in t.run():
-                events.append(event.payload["text"])
+                events.append(event.payload)
 
         task = asyncio.create_task(consume())
         deadline = time.monotonic() + 10
@@ -77,4 +78,11 @@ def test_run_without_a_store_airflow_3_1_semantics(famulor_sandbox: Any):
             await task
         return events
 
-    assert asyncio.run(scenario()) == ["one", "two"]
+    events = asyncio.run(scenario())
+    assert [e["message_index"] for e in events] == [1, 2]
+    assert "+4915100000051" not in repr(events)
+    messages = inbound_messages(events).messages
+    assert [(m["text"], m["customer_phone"]) for m in messages] == [
+        ("one", "+4915100000051"),
+        ("two", "+4915100000051"),
+    ]
