@@ -43,6 +43,10 @@ Format (version 1)
       ``template_id``, ``at``.
     - ``attempt``, written and fsynced *before* a recipient's send request: ``recipient_phone``
       (E.164), ``at``.
+    - ``lease``, on an object log only: ``try_number``, ``hostname``, ``pid``, ``at``; written
+      before a send whose attempt was written with an earlier send's more than
+      :data:`~famulor_provider.campaign.runner.LEASE_SECONDS` ago, so a try that was paused
+      meanwhile learns that another took over before that send (the write fails), not after it.
     - ``outcome``, written and fsynced after it (on S3 a ``sent`` outcome is written with the
       next write, at the latest at the end of the try): ``recipient_phone``, ``outcome`` (``sent``: the
       API accepted it; ``refused``: the API refused it and nothing was sent, so a later try
@@ -233,6 +237,8 @@ class CampaignLedger:
         """The ``campaign`` line."""
         self.tries = 0
         """How many ``try`` lines the ledger holds, this try's included."""
+        self.try_number: int | None = None
+        """The try that opened it."""
         self.skipped_lines = 0
         """Lines that could not be read (cut short by a crash) and were ignored."""
 
@@ -284,6 +290,7 @@ class CampaignLedger:
         store = open_store(path, ledger_path, conn_id=conn_id, lock_timeout=lock_timeout)
         try:
             ledger = cls(store)
+            ledger.try_number = try_number
             ledger._load()
             if try_number > 1 and not allow_new_ledger and _is_s3(path) and not ledger.tries:
                 raise _missing(try_number, path)  # an empty log: no try wrote there
@@ -413,6 +420,21 @@ class CampaignLedger:
             for phone in phones:
                 self.record_outcome(phone, REFUSED, error="not sent: another process wrote to the ledger")
             raise self.store.conflict()
+
+    def confirm_owner(self) -> None:
+        """Before a send whose attempt was written a while ago: prove this try still owns the log.
+
+        On an object log this takes the next position with a ``lease`` line (with any ``sent``
+        outcomes held back), which fails when another try took over meanwhile; a POSIX ledger
+        checks that nobody wrote since this try's last write.
+
+        :raises FamulorLedgerConflictError: another try wrote to the ledger.
+        """
+        self._check_open()
+        self.store.check()
+        if self.store.takes_positions:
+            lease = {"type": "lease", "try_number": self.try_number, "hostname": socket.gethostname()}
+            self.store.append([_line({**lease, "pid": os.getpid(), "at": _now()})])
 
     def record_outcome(
         self,

@@ -58,6 +58,10 @@ CONNECT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)  # waits after "could not connect" 
 MAX_HOLD = 60.0  # a 429's Retry-After is honoured up to this many seconds, as in the hook
 DEFAULT_HOLD = 1.0  # a 429 without Retry-After holds this long
 THREAD_PREFIX = "famulor-campaign"
+LEASE_SECONDS = 5.0
+"""A send whose attempt was written with an earlier send's (a group) more than this long ago
+first proves this try still owns the ledger (:meth:`CampaignLedger.confirm_owner`): a try paused
+meanwhile (a stopped pod, a partition) while another took over stops there, before that send."""
 HOOK_LOGGER = "famulor_provider.hooks.famulor"
 # The API's error codes that refuse one recipient for good: a retry sends the same number to the
 # same API and gets the same answer, so the recipient is recorded ``rejected`` and never sent again.
@@ -156,6 +160,7 @@ class CampaignRunner:
         # so a slow ledger write (an S3 request) overlaps the wait instead of adding to it.
         self.attempt_seconds = 0.0
         self.reserved: deque[Mapping[str, Any]] = deque()  # attempts written, sends not yet made
+        self.group_written_at = 0.0  # when the attempts in reserved were written
         self.workers = max(2, min(POOL_SIZE, round(settings.max_sends_per_second)))
         self.hold_until = 0.0  # no send before this time (429 holds)
         self.phone_for_log: Callable[[Any], str] = mask_phone
@@ -230,6 +235,9 @@ class CampaignRunner:
                             again.appendleft(recipient)
                         continue
                     if recorded:
+                        if self.clock() - self.group_written_at > LEASE_SECONDS:
+                            self.ledger.confirm_owner()  # raises the conflict after a takeover
+                            self.group_written_at = self.clock()
                         self.reserved.popleft()
                     else:
                         self._record_attempts(recipient, len(in_flight), again, source)
@@ -271,6 +279,7 @@ class CampaignRunner:
         self.ledger.record_attempts([r["recipient_phone"] for r in group])
         self.attempt_seconds += 0.3 * (self.clock() - written - self.attempt_seconds)
         self.reserved.extend(group[1:])
+        self.group_written_at = self.clock()
         self._wait_for_window()  # in case the write was quicker than that
 
     def _refuse_reserved(self) -> None:

@@ -4,6 +4,7 @@ the object log, fencing a second try, and the setups refused before any send."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -272,6 +273,39 @@ def test_at_a_pace_faster_than_a_write_the_attempts_of_sends_that_go_out_togethe
         group_sizes.append(len(attempts))
         assert len(in_flight) <= 16  # never more ahead than the in-flight window
     assert max(group_sizes) >= 2 and sum(group_sizes) == 40
+
+
+def test_a_paused_try_never_sends_the_rest_of_its_group_after_another_took_over(
+    s3: S3Server, slow_s3: tuple[S3Proxy, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's attempts are written ahead of their sends. A try paused with some of them still
+    to send (a stopped pod) while another try takes over must not send them when it wakes up."""
+    from famulor_provider.campaign import runner as campaign_runner
+
+    _, sandbox = slow_s3
+    monkeypatch.setattr(campaign_runner, "LEASE_SECONDS", 0.3)
+    waiting: list[str] = []  # the group's sends not yet made when the other try took over
+    wait_for_hold = campaign_runner.CampaignRunner._wait_for_hold
+
+    def pause_then_take_over(self: Any) -> None:
+        if not waiting and len(self.reserved) >= 2:
+            waiting.extend(r["recipient_phone"] for r in self.reserved)
+            open_ledger(try_number=2).close()  # the next try: its try line takes the next position
+            time.sleep(0.4)  # the pause, longer than the lease
+        wait_for_hold(self)
+
+    monkeypatch.setattr(campaign_runner.CampaignRunner, "_wait_for_hold", pause_then_take_over)
+    phones = [f"+1415700{n:04d}" for n in range(40)]
+
+    with pytest.raises(FamulorLedgerConflictError, match="try 2"):
+        fast_campaign(phones)
+
+    assert len(waiting) >= 2, "no group was written ahead of its sends"
+    sent = {row["recipient_phone"] for row in sandbox.ledger}
+    assert sent and not sent & set(waiting)
+    folder = ledger_file_path(LEDGER_PATH, **IDENTITY, map_index=-1)
+    records = {r["recipient_phone"]: r["outcome"] for r in read_campaign_ledger(folder)}
+    assert {records[phone] for phone in waiting} == {"unknown"}  # never sent by any later try either
 
 
 def test_a_later_try_reads_the_newest_checkpoint_and_the_objects_after_it(

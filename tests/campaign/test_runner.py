@@ -133,7 +133,9 @@ class BalanceRunsOut:
         self.calls.append(phone)
         if len(self.calls) == 1:
             raise FamulorInsufficientBalanceError("402", status_code=402, error_code="INSUFFICIENT_BALANCE")
-        return SimpleNamespace(message_id=len(self.calls), status="queued")
+        return SimpleNamespace(
+            message_id=len(self.calls), whatsapp_message_id=900 + len(self.calls), status="queued"
+        )
 
 
 def every_send_answered(runner: CampaignRunner) -> None:
@@ -178,7 +180,9 @@ class Accepts:
 
     def send_whatsapp_template(self, sender_id: int, template_id: int, phone: str, **_: Any) -> Any:
         self.calls.append((phone, self.clock()))
-        return SimpleNamespace(message_id=len(self.calls), status="queued")
+        return SimpleNamespace(
+            message_id=len(self.calls), whatsapp_message_id=900 + len(self.calls), status="queued"
+        )
 
 
 def test_a_ledger_write_of_50_ms_does_not_slow_the_pace_of_5_per_second(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ class LedgerStore(ABC):
     """Where the ledger is, as users name it (a file path, an ``s3://`` URI)."""
     skipped = 0
     """Lines cut short by a crash that :meth:`read` skipped."""
+    takes_positions = False
+    """Whether each write takes a position another writer can take first (an object log)."""
 
     @abstractmethod
     def read(self) -> Iterator[bytes]:

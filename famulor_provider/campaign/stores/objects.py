@@ -52,6 +52,8 @@ class ObjectLedgerStore(LedgerStore):
     :param ledger_path: what the user gave, for errors.
     """
 
+    takes_positions = True
+
     def __init__(self, objects: ObjectStore, folder: str, ledger_path: str) -> None:
         self.objects = objects
         self.folder = folder
