@@ -71,3 +71,19 @@ def record(
             if timestamp is not None:
                 event.timestamp = timestamp
             session.add(event)
+
+
+def stored_extras(name: str) -> list[dict[str, Any]]:
+    """The ``extra`` of every asset event of the asset ``name`` in the metadata DB, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == name)
+            .order_by(AssetEvent.id)
+        ).all()
+        return [dict(row.extra) for row in rows]

@@ -16,8 +16,8 @@ from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
 if not AIRFLOW_V_3_1_PLUS:
     pytest.skip("FastAPI plugin apps need Airflow 3.1+", allow_module_level=True)
 
+from delivery_receipts import stored_extras
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from famulor_provider.webhooks import receiver
 from famulor_provider.webhooks.receiver import MAX_ENDED_BODY, MAX_STATUS_BODY, create_app, redact_path
@@ -83,19 +83,6 @@ def sign(raw: bytes, secret: str = SECRET) -> dict[str, str]:
     }
 
 
-def events(name: str) -> list[dict[str, Any]]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == name)
-        ).all()
-        return [dict(row.extra) for row in rows]
-
-
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     receiver.settings_cache.clear()
@@ -139,7 +126,9 @@ def test_a_signed_receipt_becomes_one_asset_event(client: TestClient, unique_con
     response = client.post(f"/webhooks/{unique_conn}/message-status", content=raw, headers=sign(raw))
     assert response.status_code == 200, response.text
     assert response.json() == {"ok": True, "dedupe_key": "7001:read"}
-    assert events(f"famulor.{unique_conn}.message_status") == [{"payload": body, "dedupe_key": "7001:read"}]
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == [
+        {"payload": body, "dedupe_key": "7001:read"}
+    ]
 
     from airflow.models.asset import AssetActive
     from airflow.utils.session import create_session
@@ -153,7 +142,7 @@ def test_the_same_receipt_twice_gives_two_events_with_one_dedupe_key(
 ) -> None:
     for _ in range(2):
         assert post_receipt(client, unique_conn, receipt("sent")).status_code == 200
-    keys = [e["dedupe_key"] for e in events(f"famulor.{unique_conn}.message_status")]
+    keys = [e["dedupe_key"] for e in stored_extras(f"famulor.{unique_conn}.message_status")]
     assert keys == ["7001:sent", "7001:sent"]
 
 
@@ -166,7 +155,7 @@ def test_per_sender_secrets(client: TestClient, famulor_conn: Callable[..., str]
     # Sender 15's receipt signed with sender 12's secret; a sender without a secret.
     assert post_receipt(client, conn_id, receipt(sender_id=15, message_id=7003), SECRET).status_code == 401
     assert post_receipt(client, conn_id, receipt(sender_id=21, message_id=7004), SECRET).status_code == 401
-    keys = [e["dedupe_key"] for e in events("famulor.wh_senders.message_status")]
+    keys = [e["dedupe_key"] for e in stored_extras("famulor.wh_senders.message_status")]
     assert keys == ["7001:delivered", "7002:delivered"]
 
 
@@ -186,7 +175,7 @@ def test_bad_signatures_are_401_without_event(client: TestClient, unique_conn: s
         f"/webhooks/{unique_conn}/message-status", content=json.dumps(receipt()), headers=headers
     )
     assert response.status_code == 401
-    assert events(f"famulor.{unique_conn}.message_status") == []
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == []
 
 
 def test_a_replayed_signature_with_another_body_is_401(client: TestClient, unique_conn: str) -> None:
@@ -199,7 +188,7 @@ def test_a_replayed_signature_with_another_body_is_401(client: TestClient, uniqu
     forged = json.dumps(receipt("failed", error_code=63016)).encode()
     response = client.post(f"/webhooks/{unique_conn}/message-status", content=forged, headers=headers)
     assert response.status_code == 401
-    assert [e["dedupe_key"] for e in events(f"famulor.{unique_conn}.message_status")] == ["7001:sent"]
+    assert [e["dedupe_key"] for e in stored_extras(f"famulor.{unique_conn}.message_status")] == ["7001:sent"]
 
 
 def test_oversized_bodies_are_413(client: TestClient, unique_conn: str) -> None:
@@ -217,8 +206,8 @@ def test_oversized_bodies_are_413(client: TestClient, unique_conn: str) -> None:
     huge = json.dumps(ended(padding="x" * MAX_ENDED_BODY)).encode()
     response = client.post(f"/webhooks/{unique_conn}/conversation-ended/{TOKEN}", content=huge)
     assert response.status_code == 413
-    assert events(f"famulor.{unique_conn}.message_status") == []
-    assert events(f"famulor.{unique_conn}.conversation_ended") == []
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == []
+    assert stored_extras(f"famulor.{unique_conn}.conversation_ended") == []
 
 
 @pytest.mark.parametrize(("raw", "detail"), [(b"not json", "not JSON"), (b"[1, 2]", "not a JSON object")])
@@ -245,7 +234,7 @@ def test_wrong_shape_is_422(client: TestClient, unique_conn: str, change: dict, 
     response = post_receipt(client, unique_conn, {**receipt(), **change})
     assert response.status_code == 422
     assert problem in response.json()["detail"]
-    assert events(f"famulor.{unique_conn}.message_status") == []
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == []
 
 
 def test_unknown_configuration_is_404(
@@ -271,10 +260,10 @@ def test_test_events_are_acknowledged_without_event_unless_asked(
     quiet = famulor_conn("wh_quiet", webhook_signing_secrets=SECRET)
     response = post_receipt(client, quiet, test_body)
     assert response.status_code == 200 and response.json() == {"ok": True, "test": True, "event": False}
-    assert events("famulor.wh_quiet.message_status") == []
+    assert stored_extras("famulor.wh_quiet.message_status") == []
     loud = famulor_conn("wh_loud", webhook_signing_secrets=SECRET, webhook_emit_test_events=True)
     assert post_receipt(client, loud, test_body).status_code == 200
-    assert events("famulor.wh_loud.message_status") == [
+    assert stored_extras("famulor.wh_loud.message_status") == [
         {"payload": test_body, "dedupe_key": "123456789:delivered"}
     ]
     # A test event is still verified: a wrong signature is a 401.
@@ -291,7 +280,7 @@ def test_an_ended_conversation_with_the_token_becomes_one_asset_event(
     response = client.post(f"/webhooks/{unique_conn}/conversation-ended/{TOKEN}", json=body)
     assert response.status_code == 200, response.text
     assert response.json() == {"ok": True, "dedupe_key": f"{CONVERSATION}:ended"}
-    assert events(f"famulor.{unique_conn}.conversation_ended") == [
+    assert stored_extras(f"famulor.{unique_conn}.conversation_ended") == [
         {"payload": body, "dedupe_key": f"{CONVERSATION}:ended"}
     ]
 
@@ -300,7 +289,7 @@ def test_an_ended_conversation_with_the_token_becomes_one_asset_event(
 def test_a_wrong_token_is_401(client: TestClient, unique_conn: str, token: str) -> None:
     response = client.post(f"/webhooks/{unique_conn}/conversation-ended/{token}", json=ended())
     assert response.status_code == 401
-    assert events(f"famulor.{unique_conn}.conversation_ended") == []
+    assert stored_extras(f"famulor.{unique_conn}.conversation_ended") == []
 
 
 def test_ended_wrong_shape_and_not_json(client: TestClient, unique_conn: str) -> None:
@@ -308,7 +297,7 @@ def test_ended_wrong_shape_and_not_json(client: TestClient, unique_conn: str) ->
     assert client.post(url, json=ended(status="active")).status_code == 422
     assert client.post(url, json=ended(conversation_id=None)).status_code == 422
     assert client.post(url, content=b"{").status_code == 400
-    assert events(f"famulor.{unique_conn}.conversation_ended") == []
+    assert stored_extras(f"famulor.{unique_conn}.conversation_ended") == []
 
 
 # Nothing else, the database, the logs
@@ -335,9 +324,9 @@ def test_database_locked_is_503_then_delivered(
     finally:
         locker.rollback()
         locker.close()
-    assert events(f"famulor.{unique_conn}.message_status") == []
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == []
     assert post_receipt(client, unique_conn, receipt("read")).status_code == 200  # Famulor's retry
-    assert [e["dedupe_key"] for e in events(f"famulor.{unique_conn}.message_status")] == ["7001:read"]
+    assert [e["dedupe_key"] for e in stored_extras(f"famulor.{unique_conn}.message_status")] == ["7001:read"]
 
 
 def test_logs_mask_the_number_and_carry_no_secret_or_text(
@@ -403,4 +392,6 @@ def test_the_plugin_mounts_the_app_in_airflows_api_server_app(
         assert response.status_code == 200, response.text
         assert client.post(f"/famulor/webhooks/{unique_conn}/message-status", content=raw).status_code == 401
         assert client.get("/famulor/docs").status_code == 404
-    assert events(f"famulor.{unique_conn}.message_status") == [{"payload": body, "dedupe_key": "9001:sent"}]
+    assert stored_extras(f"famulor.{unique_conn}.message_status") == [
+        {"payload": body, "dedupe_key": "9001:sent"}
+    ]

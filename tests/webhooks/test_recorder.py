@@ -10,22 +10,14 @@ from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
 if not AIRFLOW_V_3_1_PLUS:
     pytest.skip("the receiver runs in the Airflow 3.1+ api-server", allow_module_level=True)
 
+from delivery_receipts import stored_extras
+
 from famulor_provider.webhooks import recorder as recorder_module
 from famulor_provider.webhooks.recorder import EventRecorder
 
 
 def event_keys(name: str) -> list[str]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == name)
-        ).all()
-        return sorted(row.extra["dedupe_key"] for row in rows)
+    return sorted(extra["dedupe_key"] for extra in stored_extras(name))
 
 
 def test_concurrent_events_are_committed_in_shared_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
