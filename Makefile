@@ -246,6 +246,12 @@ for m in page["data"]:
 endef
 export PRINT_LEDGER
 
+# demo: a GET that fails on any error, and a JSON POST (no curl needed).
+HTTP_GET := import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)
+HTTP_POST_JSON := import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], \
+	data=sys.argv[2].encode(), headers={"Content-Type": "application/json"}), timeout=10)
+export HTTP_GET HTTP_POST_JSON
+
 .PHONY: demo
 demo: .airflow/latest/airflow.db
 	@set -euo pipefail; home=$(CURDIR)/.airflow/latest; \
@@ -278,14 +284,14 @@ demo: .airflow/latest/airflow.db
 	fi; \
 	for dag in $$dags; do \
 		if [ -n "$${api_pid:-}" ] && [ "$$dag" = famulor_whatsapp_delivery_fallback ]; then \
-			for _ in $$(seq 180); do curl -fs http://127.0.0.1:$$api_port/api/v2/monitor/health >/dev/null && break; sleep 0.5; done; \
-			curl -fs http://127.0.0.1:$$api_port/api/v2/monitor/health >/dev/null \
+			for _ in $$(seq 180); do .venv/bin/python -c "$$HTTP_GET" http://127.0.0.1:$$api_port/api/v2/monitor/health 2>/dev/null && break; sleep 0.5; done; \
+			.venv/bin/python -c "$$HTTP_GET" http://127.0.0.1:$$api_port/api/v2/monitor/health 2>/dev/null \
 				|| { echo "api-server did not start"; tail -30 $$home/api-server.log; exit 1; }; \
 		fi; \
 		if [ -n "$${api_pid:-}" ] && [ "$$dag" = famulor_conversation_ended ]; then \
 			echo "--- the sandbox ends the conversation with +14155550111 (its webhook goes to the receiver) ---"; \
-			curl -fs -X POST http://127.0.0.1:$$port/_sandbox/webhooks/conversation-ended -H 'Content-Type: application/json' \
-				-d '{"sender_phone": "+14155551234", "customer_phone": "+14155550111", "extracted_variables": {"order": "A-2001", "delivery_day": "Tuesday", "wants_callback": true}}' >/dev/null; \
+			.venv/bin/python -c "$$HTTP_POST_JSON" http://127.0.0.1:$$port/_sandbox/webhooks/conversation-ended \
+				'{"sender_phone": "+14155551234", "customer_phone": "+14155550111", "extracted_variables": {"order": "A-2001", "delivery_day": "Tuesday", "wants_callback": true}}'; \
 			sleep 2; \
 		fi; \
 		echo "=== airflow dags test $$dag ==="; \
