@@ -53,7 +53,8 @@ Format (version 1)
       sends it again; ``rejected``: the API refused this recipient for good (``INVALID_PHONE``
       ...), nothing was sent and no later try sends it; ``unknown``: it may have been sent, e.g.
       a lost answer), and when known
-      ``message_id``, ``status``, ``error_code``, ``error`` (at most 300 characters), ``at``.
+      ``message_id`` (the send's ``whatsapp_message_id``, the id delivery receipts name),
+      ``status``, ``error_code``, ``error`` (at most 300 characters), ``at``.
 
     Times are UTC ISO 8601 (``2025-01-31T09:15:02.123+00:00``). An ``attempt`` with no later
     ``outcome`` for the same phone means the try stopped while that message was in flight: it
@@ -455,7 +456,7 @@ class CampaignLedger:
         :param outcome: ``sent``, ``refused`` (nothing was sent, a later try may send it),
             ``rejected`` (nothing was sent, and no try ever sends it) or ``unknown`` (it may have
             been sent).
-        :param message_id: the API's ``message_id``, when sent.
+        :param message_id: the send's ``whatsapp_message_id`` (the id delivery receipts name), when sent.
         :param status: the API's ``status`` (``queued``, ``sent``), when sent.
         :param error_code: the API's ``error_code``, when it gave one.
         :param error: the error, shortened to 300 characters.
