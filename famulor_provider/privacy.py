@@ -8,8 +8,10 @@ when ``[famulor] log_full_phone_numbers`` is true (``AIRFLOW__FAMULOR__LOG_FULL_
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
 KEEP_END = 2  # the last two digits: enough, with the start, to tell numbers apart
 KEEP_AFTER_CODE = 3  # at most this many digits after the country code stay visible
@@ -66,3 +68,35 @@ def full_phone_numbers_in_logs() -> bool:
 def phone_for_log(phone: Any) -> str:
     """The phone as an INFO line may show it: masked, unless full numbers were asked for."""
     return str(phone) if full_phone_numbers_in_logs() else mask_phone(phone)
+
+
+_PHONE_PARAM = re.compile(r"([?&][a-z_]*phone=)([^&#\s\"]*)")
+
+
+def mask_phone_params(url: str) -> str:
+    """``...?customer_phone=%2B4915112345678&...`` -> ``...?customer_phone=+49151****78&...``."""
+    return _PHONE_PARAM.sub(lambda m: m.group(1) + mask_phone(unquote(m.group(2))), url)
+
+
+class PhoneParamsLogFilter(logging.Filter):
+    """Masks the phone numbers in the URLs httpx logs at INFO ("HTTP Request: GET <url> ...").
+
+    The conversation look-ups filter by ``customer_phone`` in the query string, and Airflow 2.11's
+    triggerer (where the async hook runs) logs httpx's INFO lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.args, tuple) or not any("phone=" in str(arg) for arg in record.args):
+            return True
+        if not full_phone_numbers_in_logs():
+            record.args = tuple(
+                mask_phone_params(str(arg)) if "phone=" in str(arg) else arg for arg in record.args
+            )
+        return True
+
+
+def mask_phones_in_httpx_log() -> None:
+    """Install :class:`PhoneParamsLogFilter` on the ``httpx`` logger, once per process."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, PhoneParamsLogFilter) for f in logger.filters):
+        logger.addFilter(PhoneParamsLogFilter())

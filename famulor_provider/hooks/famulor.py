@@ -40,6 +40,7 @@ from famulor_provider.models import (
     find_approved_template,
 )
 from famulor_provider.pacing import SEND_PACER, SendPacer
+from famulor_provider.privacy import mask_phones_in_httpx_log
 from famulor_provider.transport import (
     Attempt,
     data_list,
@@ -206,6 +207,7 @@ class FamulorHook(BaseHook):
         config = await self.aget_config()
         endpoint = f"{method} {path}"
         verify = httpx_verify(config.verify_ssl)
+        mask_phones_in_httpx_log()  # httpx logs each request's URL, query included, at INFO
         async with httpx.AsyncClient(
             headers=config.headers,
             trust_env=False,  # the proxy is decided by the sync path's rule: httpx_mounts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -411,3 +412,20 @@ def test_async_bad_cursor_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(result, FamulorAPIError)
     assert result.status_code == 422
     assert "Invalid cursor" in str(result)
+
+
+def test_httpx_request_lines_show_the_phones_of_the_query_masked(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request's URL at INFO, query included; Airflow 2.11's triggerer keeps it."""
+    set_conn(monkeypatch)
+
+    async def call(hook: FamulorHook) -> list[WhatsAppConversation]:
+        return await hook.alist_conversations(whatsapp_sender_phone=SENDER, customer_phone=CUSTOMER)
+
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        run_async(monkeypatch, listing_handler(3, []), call)
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert lines and all("HTTP Request: GET" in line for line in lines)
+    assert "customer_phone=+49151****78" in lines[0] and "whatsapp_sender_phone=+4930****20" in lines[0]
+    assert not any("4915112345678" in line for line in lines)

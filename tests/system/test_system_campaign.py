@@ -107,7 +107,8 @@ def test_a_campaign_whose_worker_is_killed_resumes_on_the_other_worker_without_a
     unknown = [phone for phone, record in records.items() if record["outcome"] == "unknown"]
     billed = Counter(entry["recipient_phone"] for entry in sandbox.ledger)
     answered_429 = sum(1 for request in sandbox.requests if request.status == 429)
-    message_ids = {entry["recipient_phone"]: entry["message_id"] for entry in sandbox.ledger}
+    # the ledger keeps each send's whatsapp_message_id, the id delivery receipts name
+    message_ids = {entry["recipient_phone"]: entry["whatsapp_message_id"] for entry in sandbox.ledger}
 
     # Nobody billed twice, nobody outside the campaign billed.
     assert max(billed.values()) == 1, [phone for phone, n in billed.items() if n > 1]
