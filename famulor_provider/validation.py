@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from famulor_provider.exceptions import FamulorValidationError
 
@@ -25,6 +26,23 @@ def is_blank(value: Any) -> bool:
     A template that renders ``None`` gives the text ``"None"``; an unset param gives ``""``.
     """
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
+
+
+def local_path(value: Any, name: str, what: str) -> str:
+    """``value`` as a local path: a path as it is, a ``file://`` URI's path unquoted.
+
+    :param value: a path or URI.
+    :param name: the argument, for the error.
+    :param what: what a valid value is, for the error (``"a local path or file:// URI"``).
+    :raises FamulorValidationError: any other URI.
+    """
+    text = str(value)
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme.lower() != "file":
+            raise FamulorValidationError(name, f"{what}, got {text!r}")
+        text = unquote(parts.path)
+    return text
 
 
 def normalize_phone(phone: str) -> str:

@@ -126,16 +126,10 @@ def write_recipients_file(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
 
     :param path: an absolute local path (or ``file://`` URI) ending in ``.jsonl``.
     """
-    from urllib.parse import unquote, urlsplit
-
     from famulor_provider.exceptions import FamulorValidationError
+    from famulor_provider.validation import local_path
 
-    text = str(path)
-    if "://" in text:
-        parts = urlsplit(text)
-        if parts.scheme.lower() != "file":
-            raise FamulorValidationError("output_path", f"a local path or file:// URI, got {text!r}")
-        text = unquote(parts.path)
+    text = local_path(path, "output_path", "a local path or file:// URI")
     if not os.path.isabs(text) or not text.endswith((".jsonl", ".ndjson")):
         raise FamulorValidationError(
             "output_path", f"an absolute path ending in .jsonl (the campaign reads it by that), got {text!r}"

@@ -84,7 +84,7 @@ from famulor_provider.exceptions import (
     FamulorLedgerMissingError,
     FamulorValidationError,
 )
-from famulor_provider.validation import is_blank
+from famulor_provider.validation import is_blank, local_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -566,16 +566,6 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def _local_file(path: str | os.PathLike[str]) -> str:
-    text = str(path)
-    if "://" in text:
-        parts = urlsplit(text)
-        if parts.scheme.lower() != "file":
-            raise FamulorValidationError("path", f"a campaign ledger is a local file, got {text!r}")
-        text = unquote(parts.path)
-    return text
-
-
 def iter_ledger_events(
     path: str | os.PathLike[str], *, conn_id: str = "aws_default"
 ) -> Iterator[dict[str, Any]]:
@@ -599,7 +589,7 @@ def iter_ledger_events(
         finally:
             store.close()
         return
-    with open(_local_file(path), "rb") as file:
+    with open(local_path(path, "path", "a campaign ledger is a local file"), "rb") as file:
         for line in file:
             if line.endswith(b"\n"):
                 event = _parse(line)
